@@ -1,0 +1,53 @@
+# One entry point for people and CI: set-up, run, test, lint, type-check, bench, fuzz.
+#   make run    set up (if needed) and run the product's demo (`fleet demo`)
+#   make test   set up (if needed) and run every test: Rust (cargo test) and Python (pytest)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# rustup's cargo may be missing from a non-login shell's PATH.
+export PATH := $(CURDIR)/$(VENV)/bin:$(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: setup develop run test test-rust test-py lint fmt typecheck bench fuzz check
+
+setup:
+	./scripts/setup.sh
+
+develop: setup
+
+run: setup
+	$(VENV)/bin/fleet demo
+
+# Sequential on purpose (also under -j): set-up first, then Rust tests, then Python tests.
+test: setup
+	$(MAKE) --no-print-directory test-rust
+	$(MAKE) --no-print-directory test-py
+
+test-rust:
+	cargo test --locked -p rust_core
+
+test-py:
+	$(PY) -m pytest -q
+
+fmt:
+	cargo fmt --all
+	$(VENV)/bin/ruff format fleet agent rust_core tests bench
+	$(VENV)/bin/ruff check --fix fleet agent rust_core tests bench
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --locked -p rust_core --all-targets --all-features -- -D warnings
+	$(VENV)/bin/ruff format --check fleet agent rust_core tests bench
+	$(VENV)/bin/ruff check fleet agent rust_core tests bench
+
+typecheck:
+	$(VENV)/bin/mypy
+	$(PY) -m mypy.stubtest rust_core._rust
+
+bench: setup
+	$(PY) bench/bench_seal.py
+
+# Coverage-guided fuzzing of rust_core's parsers (cargo fuzz); FUZZ_SECONDS per target.
+FUZZ_SECONDS ?= 60
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) ./scripts/fuzz.sh
+
+check: lint typecheck test

@@ -1,0 +1,1 @@
+"""Terminal agent: device drivers, status reporting, config apply, self-update."""

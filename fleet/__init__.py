@@ -1,0 +1,1 @@
+"""Fleet server and operator tools for self-service licence terminals."""
