@@ -1,10 +1,10 @@
 """Typed surface of the compiled licence-seal core (rust_core._rust)."""
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, final
 
-Alg = Literal["EdDSA", "ES256", "SM2", "PS256"]
-VerdictName = Literal[
+_AlgName = Literal["EdDSA", "ES256", "SM2", "PS256"]
+_VerdictName = Literal[
     "valid",
     "malformed",
     "too_large",
@@ -16,6 +16,26 @@ VerdictName = Literal[
     "not_yet_valid",
 ]
 
+__all__ = [
+    "ALGORITHMS",
+    "DccTrustStore",
+    "MAX_DECOMPRESSED_BYTES",
+    "MAX_TEXT_CHARS",
+    "SigningKey",
+    "TrustStore",
+    "VERDICTS",
+    "Verification",
+    "VerifyingKey",
+    "base45_decode",
+    "base45_encode",
+    "kid_of_spki",
+    "revocation_list_json",
+    "trust_list_json",
+    "uscc_check_char",
+    "uscc_is_valid",
+    "verify_cose_sign1",
+]
+
 #: Every verdict, in the order checks run ("valid" first).
 VERDICTS: Final[tuple[str, ...]]
 #: Signing algorithms ("EdDSA", "ES256", "SM2"); "PS256" is verify-only (DCC profile).
@@ -25,6 +45,7 @@ MAX_TEXT_CHARS: Final[int]
 #: Inflating stops (verdict `too_large`) once output would exceed this many bytes.
 MAX_DECOMPRESSED_BYTES: Final[int]
 
+@final
 class SigningKey:
     """A private signing key. LIC1 kid = first 8 bytes of SHA-256 over the SPKI DER."""
 
@@ -37,7 +58,7 @@ class SigningKey:
     def to_pem(self) -> str:
         """The private key as PKCS#8 PEM."""
     @property
-    def alg(self) -> str: ...
+    def alg(self) -> _AlgName: ...
     @property
     def kid(self) -> bytes: ...
     def public_spki(self) -> bytes:
@@ -57,6 +78,7 @@ class SigningKey:
     def sign_cose(self, payload: bytes, external_aad: bytes = b"", tagged: bool = True) -> bytes:
         """A raw COSE_Sign1 over `payload` with protected {1: alg, 4: kid} (for other documents)."""
 
+@final
 class VerifyingKey:
     """A public key, from SPKI DER or PEM. Its algorithm follows from the key type."""
 
@@ -66,24 +88,26 @@ class VerifyingKey:
     @staticmethod
     def from_pem(pem: str | bytes) -> VerifyingKey: ...
     @property
-    def alg(self) -> str: ...
+    def alg(self) -> _AlgName: ...
     @property
     def kid(self) -> bytes: ...
     def spki(self) -> bytes: ...
     def to_pem(self) -> str: ...
 
+@final
 class Verification:
     """The one verdict for one text, and what could be read of it."""
 
     @property
-    def verdict(self) -> str: ...
+    def verdict(self) -> _VerdictName: ...
     @property
     def kid(self) -> bytes | None: ...
     @property
-    def alg(self) -> str | None: ...
+    def alg(self) -> _AlgName | None: ...
     @property
     def claims(self) -> dict[str, Any] | None:
-        """Decoded claims once the structure parsed (also on bad_signature: do not trust them then)."""
+        """Decoded claims, only once the signature verified (valid, revoked, expired, not_yet_valid):
+        the contents of a forgery are never handed out. Built anew on each access."""
     @property
     def stage(self) -> str | None:
         """Where a non-valid verdict was decided: "length", "prefix", "base45", "zlib", "cbor",
@@ -95,6 +119,7 @@ class Verification:
     def valid(self) -> bool: ...
     def __bool__(self) -> bool: ...
 
+@final
 class TrustStore:
     """Trusted LIC1 issuer keys and the revocation list, as an auditor carries them."""
 
@@ -103,7 +128,9 @@ class TrustStore:
         """Load DESIGN.md's trust list (and revocation list). Raises TrustListError naming the entry."""
     @staticmethod
     def from_keys(
-        keys: Sequence[VerifyingKey | SigningKey], issuer: str = "", revoked: Iterable[bytes] = ()
+        keys: Sequence[VerifyingKey | SigningKey],
+        issuer: str = "",
+        revoked: Iterable[bytes] | None = None,
     ) -> TrustStore: ...
     @property
     def issuer(self) -> str: ...
@@ -119,6 +146,7 @@ class TrustStore:
     def to_json(self) -> str:
         """The trust list JSON (DESIGN.md format)."""
 
+@final
 class DccTrustStore:
     """EU DCC ("HC1:") profile: kids given by the caller, PS256 allowed, CWT tag 61 accepted."""
 
@@ -139,7 +167,7 @@ class DccTrustStore:
 
 def verify_cose_sign1(
     cose: bytes, key: VerifyingKey, external_aad: bytes = b""
-) -> str:
+) -> _VerdictName:
     """Verify a raw COSE_Sign1 (tagged 18 or untagged) with generic RFC 9052 rules: alg only from
     the protected header and matching the key. Returns "valid", "malformed", "unsupported_alg"
     or "bad_signature"."""

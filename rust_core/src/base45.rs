@@ -31,11 +31,17 @@ impl fmt::Display for Base45Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Base45Error::InvalidChar { offset, ch } => {
-                write!(f, "character {ch:?} at offset {offset} is not in the Base45 alphabet")
+                write!(
+                    f,
+                    "character {ch:?} at offset {offset} is not in the Base45 alphabet"
+                )
             }
             Base45Error::BadLength(n) => write!(f, "length {n} is not a valid Base45 length"),
             Base45Error::Overflow { offset } => {
-                write!(f, "the group at offset {offset} encodes a value out of range")
+                write!(
+                    f,
+                    "the group at offset {offset} encodes a value out of range"
+                )
             }
         }
     }
@@ -120,8 +126,14 @@ mod tests {
         assert_eq!(decode(":::"), Err(Base45Error::Overflow { offset: 0 }));
         assert_eq!(decode("AAA::"), Err(Base45Error::Overflow { offset: 3 }));
         assert_eq!(decode("BB8A"), Err(Base45Error::BadLength(4)));
-        assert!(matches!(decode("bb8"), Err(Base45Error::InvalidChar { offset: 0, .. })));
-        assert!(matches!(decode("B\u{e9}"), Err(Base45Error::InvalidChar { offset: 1, .. })));
+        assert!(matches!(
+            decode("bb8"),
+            Err(Base45Error::InvalidChar { offset: 0, .. })
+        ));
+        assert!(matches!(
+            decode("B\u{e9}"),
+            Err(Base45Error::InvalidChar { offset: 1, .. })
+        ));
     }
 
     #[test]

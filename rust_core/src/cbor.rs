@@ -449,8 +449,14 @@ mod tests {
     #[test]
     fn refusals() {
         // Duplicate keys, also across different encodings of the same integer.
-        assert_eq!(decode(&hex("a201010102")).unwrap_err().reason, "duplicate map key");
-        assert_eq!(decode(&hex("a2010118010102")).unwrap_err().reason, "duplicate map key");
+        assert_eq!(
+            decode(&hex("a201010102")).unwrap_err().reason,
+            "duplicate map key"
+        );
+        assert_eq!(
+            decode(&hex("a2010118010102")).unwrap_err().reason,
+            "duplicate map key"
+        );
         assert!(decode(&hex("a2")).is_err());
         assert!(decode(&hex("5affffffff00")).is_err());
         assert!(decode(&hex("9bffffffffffffffff")).is_err());
@@ -472,6 +478,9 @@ mod tests {
         enc::bytes(&mut out, &[0xaa; 300]);
         let v = decode(&out).unwrap();
         assert_eq!(v.map_get(1).and_then(Value::as_text), Some("CN"));
-        assert_eq!(v.map_get(-65537).and_then(Value::as_bytes).map(<[u8]>::len), Some(300));
+        assert_eq!(
+            v.map_get(-65537).and_then(Value::as_bytes).map(<[u8]>::len),
+            Some(300)
+        );
     }
 }

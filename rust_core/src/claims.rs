@@ -78,7 +78,10 @@ impl Licence {
             return Err("claim -65537 (lic) is missing".into());
         }
         lic.sort_by_key(|(k, _)| *k);
-        if let Some(missing) = LIC_REQUIRED.iter().find(|k| !lic.iter().any(|(f, _)| f == *k)) {
+        if let Some(missing) = LIC_REQUIRED
+            .iter()
+            .find(|k| !lic.iter().any(|(f, _)| f == *k))
+        {
             return Err(format!("licence field {missing} is missing"));
         }
         let cti = v
@@ -114,7 +117,9 @@ impl Licence {
             .iter()
             .find(|k| self.field(**k).is_none_or(|v| v.trim().is_empty()))
         {
-            return Err(format!("lic field {missing} is required and must not be empty"));
+            return Err(format!(
+                "lic field {missing} is required and must not be empty"
+            ));
         }
         let code = self.field(LIC_USCC).unwrap_or_default();
         if !uscc::is_valid(code) {
@@ -124,7 +129,9 @@ impl Licence {
         }
         let est = self.field(LIC_EST).unwrap_or_default();
         if !is_iso_date(est) {
-            return Err(format!("lic field 7 (est) {est:?} is not a date YYYY-MM-DD"));
+            return Err(format!(
+                "lic field 7 (est) {est:?} is not a date YYYY-MM-DD"
+            ));
         }
         if self.exp.is_some_and(|exp| exp <= self.iat) {
             return Err("exp must be after iat".into());
@@ -155,7 +162,20 @@ fn is_iso_date(s: &str) -> bool {
         return false;
     };
     let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
     (1..=12).contains(&m) && d >= 1 && d <= days[(m - 1) as usize]
 }
 

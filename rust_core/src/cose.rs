@@ -60,10 +60,13 @@ pub fn parse_sign1(data: &[u8], wrapping: Wrapping) -> Result<Sign1<'_>, String>
         return Err("COSE_Sign1 is not a CBOR array".into());
     };
     let [protected, unprotected, payload, signature] = parts.as_slice() else {
-        return Err(format!("COSE_Sign1 has {} elements instead of 4", parts.len()));
+        return Err(format!(
+            "COSE_Sign1 has {} elements instead of 4",
+            parts.len()
+        ));
     };
-    let protected_raw = borrowed_bytes(data, protected)
-        .ok_or("protected header is not a byte string")?;
+    let protected_raw =
+        borrowed_bytes(data, protected).ok_or("protected header is not a byte string")?;
     let payload = borrowed_bytes(data, payload).ok_or("payload is not a byte string")?;
     let signature = borrowed_bytes(data, signature).ok_or("signature is not a byte string")?;
 
@@ -113,14 +116,20 @@ fn headers(entries: &[(Value<'_>, Value<'_>)], protected: bool) -> Result<Header
                 h.alg = Some(match value {
                     v if v.as_i64().is_some() => {
                         let id = v.as_i64().unwrap_or_default();
-                        Alg::from_cose_id(id).map_or(AlgHeader::Other(id.to_string()), AlgHeader::Known)
+                        Alg::from_cose_id(id)
+                            .map_or(AlgHeader::Other(id.to_string()), AlgHeader::Known)
                     }
                     Value::Text(t) => AlgHeader::Other(t.to_string()),
                     _ => return Err("alg header is neither an integer nor text".into()),
                 })
             }
             Some(LABEL_KID) => {
-                h.kid = Some(value.as_bytes().ok_or("kid header is not a byte string")?.to_vec())
+                h.kid = Some(
+                    value
+                        .as_bytes()
+                        .ok_or("kid header is not a byte string")?
+                        .to_vec(),
+                )
             }
             Some(LABEL_CRIT) => {
                 if !protected {
@@ -167,7 +176,13 @@ pub fn protected_header(alg: Alg, kid: &[u8]) -> Vec<u8> {
 }
 
 /// A COSE_Sign1 over `payload`, signed by `key`, with protected {1: alg, 4: kid}.
-pub fn sign1(key: &SigningKey, kid: &[u8], payload: &[u8], external_aad: &[u8], tagged: bool) -> Vec<u8> {
+pub fn sign1(
+    key: &SigningKey,
+    kid: &[u8],
+    payload: &[u8],
+    external_aad: &[u8],
+    tagged: bool,
+) -> Vec<u8> {
     let protected = protected_header(key.alg(), kid);
     let signature = key.sign(&sig_structure(&protected, external_aad, payload));
     let mut out = Vec::with_capacity(protected.len() + payload.len() + signature.len() + 16);
@@ -205,12 +220,20 @@ mod tests {
     fn structural_refusals() {
         let h = |s: &str| hex::decode(s).unwrap();
         // 3-element array, wrong tag, protected as a map, duplicate label across buckets.
-        assert!(parse_sign1(&h("d283404040"), Wrapping::Sign1).unwrap_err().contains("3 elements"));
+        assert!(parse_sign1(&h("d283404040"), Wrapping::Sign1)
+            .unwrap_err()
+            .contains("3 elements"));
         assert!(parse_sign1(&h("d184404040a0"), Wrapping::Sign1).is_err());
         assert!(parse_sign1(&h("d884a10126a0404040"), Wrapping::Sign1).is_err());
         assert!(parse_sign1(&h("8443a10126a101264040"), Wrapping::Sign1).is_err());
         // CWT tag only where the profile allows it.
-        let inner = sign1(&SigningKey::generate(Alg::ES256).unwrap(), b"k", b"p", b"", true);
+        let inner = sign1(
+            &SigningKey::generate(Alg::ES256).unwrap(),
+            b"k",
+            b"p",
+            b"",
+            true,
+        );
         let wrapped = [vec![0xd8, 61], inner].concat();
         assert!(parse_sign1(&wrapped, Wrapping::Sign1).is_err());
         assert!(parse_sign1(&wrapped, Wrapping::CwtOrSign1).is_ok());

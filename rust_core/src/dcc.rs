@@ -60,25 +60,48 @@ impl Profile for DccTrustStore {
             .map_err(|e| Outcome::fail(Verdict::Malformed, Stage::Cose, e))?;
         let claims_value = cbor::decode(sign1.payload)
             .map_err(|e| Outcome::fail(Verdict::Malformed, Stage::Cbor, format!("payload: {e}")))?;
-        let claims =
-            DccClaims::decode(claims_value).map_err(|e| Outcome::fail(Verdict::Malformed, Stage::Claims, e))?;
-        let kid = sign1.protected.kid.clone().or_else(|| sign1.unprotected.kid.clone());
-        let alg = match sign1.protected.alg.as_ref().or(sign1.unprotected.alg.as_ref()) {
+        let claims = DccClaims::decode(claims_value)
+            .map_err(|e| Outcome::fail(Verdict::Malformed, Stage::Claims, e))?;
+        let kid = sign1
+            .protected
+            .kid
+            .clone()
+            .or_else(|| sign1.unprotected.kid.clone());
+        let alg = match sign1
+            .protected
+            .alg
+            .as_ref()
+            .or(sign1.unprotected.alg.as_ref())
+        {
             None => {
-                return Err(Outcome::fail(Verdict::Malformed, Stage::Cose, "no alg header").with_header(kid, None))
+                return Err(
+                    Outcome::fail(Verdict::Malformed, Stage::Cose, "no alg header")
+                        .with_header(kid, None),
+                )
             }
             Some(AlgHeader::Known(a)) => *a,
             Some(AlgHeader::Other(a)) => {
-                return Err(Outcome::fail(Verdict::UnsupportedAlg, Stage::Alg, format!("alg {a} is not supported"))
-                    .with_header(kid, None))
+                return Err(Outcome::fail(
+                    Verdict::UnsupportedAlg,
+                    Stage::Alg,
+                    format!("alg {a} is not supported"),
+                )
+                .with_header(kid, None))
             }
         };
         let Some(kid) = kid else {
-            return Err(Outcome::fail(Verdict::UnknownKid, Stage::Kid, "no kid header").with_header(None, Some(alg)));
+            return Err(
+                Outcome::fail(Verdict::UnknownKid, Stage::Kid, "no kid header")
+                    .with_header(None, Some(alg)),
+            );
         };
         let Some(candidates) = self.by_kid.get(&kid) else {
-            return Err(Outcome::fail(Verdict::UnknownKid, Stage::Kid, format!("kid {} is not trusted", hex::encode(&kid)))
-                .with_header(Some(kid), Some(alg)));
+            return Err(Outcome::fail(
+                Verdict::UnknownKid,
+                Stage::Kid,
+                format!("kid {} is not trusted", hex::encode(&kid)),
+            )
+            .with_header(Some(kid), Some(alg)));
         };
         Ok(Pending {
             candidates: candidates.clone(),
@@ -94,8 +117,12 @@ impl Profile for DccTrustStore {
     fn finish(&self, p: Pending, signer: Option<usize>, at: i64) -> Outcome {
         let (kid, alg) = (Some(p.kid), Some(p.alg));
         let Some(signer) = signer else {
-            return Outcome::fail(Verdict::BadSignature, Stage::Signature, "no trusted key with this kid verifies the signature")
-                .with_header(kid, alg);
+            return Outcome::fail(
+                Verdict::BadSignature,
+                Stage::Signature,
+                "no trusted key with this kid verifies the signature",
+            )
+            .with_header(kid, alg);
         };
         let Claims::Dcc(claims) = &p.claims else {
             unreachable!("the DCC profile only prepares DCC claims")
@@ -106,9 +133,15 @@ impl Profile for DccTrustStore {
             _ => true,
         };
         let failure = if !le(Some(at), claims.exp) || !le(claims.exp, key.not_after) {
-            Some((Verdict::Expired, "expired, or expires after its signer certificate"))
+            Some((
+                Verdict::Expired,
+                "expired, or expires after its signer certificate",
+            ))
         } else if !le(claims.iat, Some(at)) || !le(key.not_before, claims.iat) {
-            Some((Verdict::NotYetValid, "issued in the future, or before its signer certificate"))
+            Some((
+                Verdict::NotYetValid,
+                "issued in the future, or before its signer certificate",
+            ))
         } else {
             None
         };

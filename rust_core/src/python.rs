@@ -61,7 +61,9 @@ impl PySigningKey {
     #[staticmethod]
     #[pyo3(signature = (alg = "EdDSA"))]
     fn generate(alg: &str) -> PyResult<PySigningKey> {
-        Ok(Self::wrap(SigningKey::generate(seal::parse_alg_name(alg)?)?))
+        Ok(Self::wrap(SigningKey::generate(seal::parse_alg_name(
+            alg,
+        )?)?))
     }
 
     #[staticmethod]
@@ -115,13 +117,26 @@ impl PySigningKey {
             .collect()
     }
 
-    #[pyo3(signature = (payload, external_aad = b"".as_slice(), tagged = true))]
-    fn sign_cose<'py>(&self, py: Python<'py>, payload: &[u8], external_aad: &[u8], tagged: bool) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, &crate::cose::sign1(&self.key, &self.kid, payload, external_aad, tagged))
+    #[pyo3(signature = (payload, external_aad = b"".as_slice(), tagged = true), text_signature = "($self, payload, external_aad=b'', tagged=True)")]
+    fn sign_cose<'py>(
+        &self,
+        py: Python<'py>,
+        payload: &[u8],
+        external_aad: &[u8],
+        tagged: bool,
+    ) -> Bound<'py, PyBytes> {
+        PyBytes::new(
+            py,
+            &crate::cose::sign1(&self.key, &self.kid, payload, external_aad, tagged),
+        )
     }
 
     fn __repr__(&self) -> String {
-        format!("<SigningKey {} kid={}>", self.key.alg(), hex::encode(self.kid))
+        format!(
+            "<SigningKey {} kid={}>",
+            self.key.alg(),
+            hex::encode(self.kid)
+        )
     }
 }
 
@@ -169,7 +184,11 @@ impl PyVerifyingKey {
     }
 
     fn __repr__(&self) -> String {
-        format!("<VerifyingKey {} kid={}>", self.key.alg(), hex::encode(self.kid))
+        format!(
+            "<VerifyingKey {} kid={}>",
+            self.key.alg(),
+            hex::encode(self.kid)
+        )
     }
 }
 
@@ -198,7 +217,11 @@ impl PyVerification {
     /// Built on each access: results of a bulk run cost nothing until someone looks.
     #[getter]
     fn claims<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
-        self.outcome.claims.as_ref().map(|c| claims_to_py(py, c)).transpose()
+        self.outcome
+            .claims
+            .as_ref()
+            .map(|c| claims_to_py(py, c))
+            .transpose()
     }
 
     #[getter]
@@ -229,7 +252,10 @@ impl PyVerification {
 }
 
 fn wrap_outcomes(outcomes: Vec<Outcome>) -> Vec<PyVerification> {
-    outcomes.into_iter().map(|outcome| PyVerification { outcome }).collect()
+    outcomes
+        .into_iter()
+        .map(|outcome| PyVerification { outcome })
+        .collect()
 }
 
 #[pyclass(name = "TrustStore", module = "rust_core", frozen)]
@@ -249,10 +275,14 @@ impl PyTrustStore {
 
     #[staticmethod]
     #[pyo3(signature = (keys, issuer = "", revoked = None))]
-    fn from_keys(keys: &Bound<'_, PyAny>, issuer: &str, revoked: Option<&Bound<'_, PyAny>>) -> PyResult<PyTrustStore> {
+    fn from_keys(
+        keys: &Bound<'_, PyAny>,
+        issuer: &str,
+        revoked: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyTrustStore> {
         let keys = verifying_keys(keys)?;
         let revoked = match revoked {
-            Some(r) => serials(r)?,
+            Some(r) => serial_list(r)?,
             None => Vec::new(),
         };
         Ok(PyTrustStore {
@@ -267,7 +297,11 @@ impl PyTrustStore {
 
     #[getter]
     fn kids<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
-        self.store.kids().iter().map(|k| PyBytes::new(py, k)).collect()
+        self.store
+            .kids()
+            .iter()
+            .map(|k| PyBytes::new(py, k))
+            .collect()
     }
 
     #[getter]
@@ -288,10 +322,17 @@ impl PyTrustStore {
 
     /// Texts are copied out of Python first, then verified on every core without the GIL.
     #[pyo3(signature = (texts, at = None))]
-    fn verify_many(&self, py: Python<'_>, texts: &Bound<'_, PyAny>, at: Option<i64>) -> PyResult<Vec<PyVerification>> {
+    fn verify_many(
+        &self,
+        py: Python<'_>,
+        texts: &Bound<'_, PyAny>,
+        at: Option<i64>,
+    ) -> PyResult<Vec<PyVerification>> {
         let texts = owned_texts(texts)?;
         let at = at.unwrap_or_else(now);
-        Ok(wrap_outcomes(py.detach(|| self.store.verify_many(&texts, at))))
+        Ok(wrap_outcomes(
+            py.detach(|| self.store.verify_many(&texts, at)),
+        ))
     }
 
     fn to_json(&self) -> String {
@@ -315,7 +356,13 @@ impl PyDccTrustStore {
     }
 
     #[pyo3(signature = (kid, key, not_before = None, not_after = None))]
-    fn add(&self, kid: &[u8], key: &PyVerifyingKey, not_before: Option<i64>, not_after: Option<i64>) {
+    fn add(
+        &self,
+        kid: &[u8],
+        key: &PyVerifyingKey,
+        not_before: Option<i64>,
+        not_after: Option<i64>,
+    ) {
         let entry = DccKey {
             key: key.key.clone(),
             not_before,
@@ -336,25 +383,36 @@ impl PyDccTrustStore {
     }
 
     #[pyo3(signature = (texts, at = None))]
-    fn verify_many(&self, py: Python<'_>, texts: &Bound<'_, PyAny>, at: Option<i64>) -> PyResult<Vec<PyVerification>> {
+    fn verify_many(
+        &self,
+        py: Python<'_>,
+        texts: &Bound<'_, PyAny>,
+        at: Option<i64>,
+    ) -> PyResult<Vec<PyVerification>> {
         let texts = owned_texts(texts)?;
         let at = at.unwrap_or_else(now);
-        Ok(wrap_outcomes(py.detach(|| self.read().verify_many(&texts, at))))
+        Ok(wrap_outcomes(
+            py.detach(|| self.read().verify_many(&texts, at)),
+        ))
     }
 }
 
 impl PyDccTrustStore {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, DccTrustStore> {
-        self.store.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.store
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, DccTrustStore> {
-        self.store.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.store
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
 #[pyfunction]
-#[pyo3(signature = (cose, key, external_aad = b"".as_slice()))]
+#[pyo3(signature = (cose, key, external_aad = b"".as_slice()), text_signature = "(cose, key, external_aad=b'')")]
 fn verify_cose_sign1(cose: &[u8], key: &PyVerifyingKey, external_aad: &[u8]) -> &'static str {
     seal::verify_cose(cose, &key.key, external_aad).0.as_str()
 }
@@ -378,9 +436,11 @@ fn kid_of_spki<'py>(py: Python<'py>, der: &[u8]) -> Bound<'py, PyBytes> {
 
 #[pyfunction]
 fn uscc_check_char(first17: &str) -> PyResult<String> {
-    uscc::check_char(first17)
-        .map(String::from)
-        .ok_or_else(|| PyValueError::new_err(format!("{first17:?} is not 17 unified social credit code characters")))
+    uscc::check_char(first17).map(String::from).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "{first17:?} is not 17 unified social credit code characters"
+        ))
+    })
 }
 
 #[pyfunction]
@@ -394,8 +454,8 @@ fn trust_list_json(keys: &Bound<'_, PyAny>, issuer: &str) -> PyResult<String> {
 }
 
 #[pyfunction]
-fn revocation_list_json(serials_in: &Bound<'_, PyAny>) -> PyResult<String> {
-    Ok(trust::revocation_list_json(&serials(serials_in)?))
+fn revocation_list_json(serials: &Bound<'_, PyAny>) -> PyResult<String> {
+    Ok(trust::revocation_list_json(&serial_list(serials)?))
 }
 
 // ---- conversions ---------------------------------------------------------------------------
@@ -412,7 +472,9 @@ fn pem_text(pem: &Bound<'_, PyAny>) -> PyResult<String> {
 
 fn owned_texts(texts: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
     if texts.is_instance_of::<pyo3::types::PyString>() {
-        return Err(PyTypeError::new_err("texts must be a sequence of str, not a str"));
+        return Err(PyTypeError::new_err(
+            "texts must be a sequence of str, not a str",
+        ));
     }
     texts
         .try_iter()?
@@ -433,20 +495,25 @@ fn verifying_keys(keys: &Bound<'_, PyAny>) -> PyResult<Vec<VerifyingKey>> {
             } else if let Ok(s) = k.cast::<PySigningKey>() {
                 Ok(s.get().key.verifying_key())
             } else {
-                Err(PyTypeError::new_err("keys must be VerifyingKey or SigningKey objects"))
+                Err(PyTypeError::new_err(
+                    "keys must be VerifyingKey or SigningKey objects",
+                ))
             }
         })
         .collect()
 }
 
-fn serials(items: &Bound<'_, PyAny>) -> PyResult<Vec<[u8; SERIAL_LEN]>> {
+fn serial_list(items: &Bound<'_, PyAny>) -> PyResult<Vec<[u8; SERIAL_LEN]>> {
     items
         .try_iter()?
         .map(|s| {
             let s = s?;
-            let b: &[u8] = s.extract().map_err(|_| PyTypeError::new_err("serials must be bytes"))?;
-            <[u8; SERIAL_LEN]>::try_from(b)
-                .map_err(|_| PyValueError::new_err(format!("a serial is {} bytes, not {SERIAL_LEN}", b.len())))
+            let b: &[u8] = s
+                .extract()
+                .map_err(|_| PyTypeError::new_err("serials must be bytes"))?;
+            <[u8; SERIAL_LEN]>::try_from(b).map_err(|_| {
+                PyValueError::new_err(format!("a serial is {} bytes, not {SERIAL_LEN}", b.len()))
+            })
         })
         .collect()
 }
@@ -495,8 +562,9 @@ fn licence_from_py(claims: &Bound<'_, PyAny>) -> PyResult<Licence> {
     let cti: &[u8] = cti
         .extract()
         .map_err(|_| ClaimsError::new_err("cti must be bytes"))?;
-    let cti = <[u8; SERIAL_LEN]>::try_from(cti)
-        .map_err(|_| ClaimsError::new_err(format!("cti must be {SERIAL_LEN} bytes, not {}", cti.len())))?;
+    let cti = <[u8; SERIAL_LEN]>::try_from(cti).map_err(|_| {
+        ClaimsError::new_err(format!("cti must be {SERIAL_LEN} bytes, not {}", cti.len()))
+    })?;
     let lic_obj = opt_item(claims, "lic")?.ok_or_else(|| required("lic"))?;
     let lic_dict = lic_obj
         .cast::<PyDict>()
@@ -553,9 +621,14 @@ fn value_to_py<'py>(py: Python<'py>, v: &Value<'_>) -> PyResult<Bound<'py, PyAny
         Value::Nint(n) => (-1i128 - i128::from(*n)).into_pyobject(py)?.into_any(),
         Value::Bytes(b) => PyBytes::new(py, b).into_any(),
         Value::Text(t) => t.as_ref().into_pyobject(py)?.into_any(),
-        Value::Array(items) => {
-            PyList::new(py, items.iter().map(|i| value_to_py(py, i)).collect::<PyResult<Vec<_>>>()?)?.into_any()
-        }
+        Value::Array(items) => PyList::new(
+            py,
+            items
+                .iter()
+                .map(|i| value_to_py(py, i))
+                .collect::<PyResult<Vec<_>>>()?,
+        )?
+        .into_any(),
         Value::Map(entries) => {
             let d = PyDict::new(py);
             for (k, val) in entries {
@@ -597,8 +670,14 @@ fn rust_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(uscc_is_valid, m)?)?;
     m.add_function(wrap_pyfunction!(trust_list_json, m)?)?;
     m.add_function(wrap_pyfunction!(revocation_list_json, m)?)?;
-    m.add("VERDICTS", PyTuple::new(py, Verdict::ALL.iter().map(|v| v.as_str()))?)?;
-    m.add("ALGORITHMS", PyTuple::new(py, Alg::SIGNING.iter().map(|a| a.name()))?)?;
+    m.add(
+        "VERDICTS",
+        PyTuple::new(py, Verdict::ALL.iter().map(|v| v.as_str()))?,
+    )?;
+    m.add(
+        "ALGORITHMS",
+        PyTuple::new(py, Alg::SIGNING.iter().map(|a| a.name()))?,
+    )?;
     m.add("MAX_TEXT_CHARS", seal::MAX_TEXT_CHARS)?;
     m.add("MAX_DECOMPRESSED_BYTES", seal::MAX_DECOMPRESSED_BYTES)?;
     Ok(())

@@ -30,7 +30,11 @@ pub fn unwrap_text(text: &str, prefix: &str) -> Result<Vec<u8>, Outcome> {
         ));
     }
     let body = text.strip_prefix(prefix).ok_or_else(|| {
-        Outcome::fail(Verdict::Malformed, Stage::Prefix, format!("text does not start with {prefix:?}"))
+        Outcome::fail(
+            Verdict::Malformed,
+            Stage::Prefix,
+            format!("text does not start with {prefix:?}"),
+        )
     })?;
     let compressed = base45::decode(body)
         .map_err(|e| Outcome::fail(Verdict::Malformed, Stage::Base45, e.to_string()))?;
@@ -74,7 +78,11 @@ pub fn verify_one<P: Profile>(profile: &P, text: &str, at: i64) -> Outcome {
 }
 
 /// Verify many texts on every core; Ed25519 signatures within a chunk are batch-verified.
-pub fn verify_many<P: Profile, S: AsRef<str> + Sync>(profile: &P, texts: &[S], at: i64) -> Vec<Outcome> {
+pub fn verify_many<P: Profile, S: AsRef<str> + Sync>(
+    profile: &P,
+    texts: &[S],
+    at: i64,
+) -> Vec<Outcome> {
     texts
         .par_chunks(CHUNK)
         .map(|chunk| {
@@ -108,7 +116,10 @@ fn check_chunk<P: Profile>(profile: &P, items: &[Result<Pending, Outcome>]) -> V
     for (slot, item) in items.iter().enumerate() {
         let Ok(p) = item else { continue };
         match (p.candidates.as_slice(), p.alg) {
-            ([i], Alg::EdDSA) => match (profile.key(*i), ed25519_dalek::Signature::from_slice(&p.signature)) {
+            ([i], Alg::EdDSA) => match (
+                profile.key(*i),
+                ed25519_dalek::Signature::from_slice(&p.signature),
+            ) {
                 (VerifyingKey::Ed25519(k), Ok(sig)) => batch.push((slot, *i, *k, sig)),
                 _ => signers[slot] = check_one(profile, p),
             },
@@ -148,7 +159,11 @@ pub fn issue(key: &SigningKey, kid: &[u8], licence: &Licence) -> Result<String, 
 }
 
 /// Sign many on every core; the result keeps the input order.
-pub fn issue_many(key: &SigningKey, kid: &[u8], licences: &[Licence]) -> Vec<Result<String, String>> {
+pub fn issue_many(
+    key: &SigningKey,
+    kid: &[u8],
+    licences: &[Licence],
+) -> Vec<Result<String, String>> {
     licences.par_iter().map(|l| issue(key, kid, l)).collect()
 }
 
@@ -165,11 +180,19 @@ pub fn verify_cose(data: &[u8], key: &VerifyingKey, external_aad: &[u8]) -> (Ver
     };
     let alg = match sign1.protected.alg {
         None => return (Verdict::Malformed, "no alg in the protected header".into()),
-        Some(cose::AlgHeader::Other(a)) => return (Verdict::UnsupportedAlg, format!("alg {a} is not supported")),
+        Some(cose::AlgHeader::Other(a)) => {
+            return (Verdict::UnsupportedAlg, format!("alg {a} is not supported"))
+        }
         Some(cose::AlgHeader::Known(a)) => a,
     };
     if alg != key.alg() {
-        return (Verdict::BadSignature, format!("header alg {alg} differs from the key's algorithm {}", key.alg()));
+        return (
+            Verdict::BadSignature,
+            format!(
+                "header alg {alg} differs from the key's algorithm {}",
+                key.alg()
+            ),
+        );
     }
     let tbs = cose::sig_structure(sign1.protected_raw, external_aad, sign1.payload);
     if key.verify(&tbs, sign1.signature) {

@@ -55,31 +55,50 @@ pub struct TrustStore {
 }
 
 impl TrustStore {
-    pub fn from_json(trust_json: &str, revoked_json: Option<&str>) -> Result<TrustStore, TrustListError> {
+    pub fn from_json(
+        trust_json: &str,
+        revoked_json: Option<&str>,
+    ) -> Result<TrustStore, TrustListError> {
         let file: TrustFile = serde_json::from_str(trust_json)
             .map_err(|e| TrustListError(format!("trust list is not valid: {e}")))?;
         if file.v != 1 {
-            return Err(TrustListError(format!("trust list version {} is not supported (expected 1)", file.v)));
+            return Err(TrustListError(format!(
+                "trust list version {} is not supported (expected 1)",
+                file.v
+            )));
         }
         let mut store = TrustStore {
             issuer: file.issuer,
             ..TrustStore::default()
         };
         for (i, entry) in file.keys.iter().enumerate() {
-            let at = |why: String| TrustListError(format!("trust list keys[{i}] (kid {:?}): {why}", entry.kid));
+            let at = |why: String| {
+                TrustListError(format!("trust list keys[{i}] (kid {:?}): {why}", entry.kid))
+            };
             let alg = Alg::from_name(&entry.alg)
                 .filter(|a| Alg::SIGNING.contains(a))
-                .ok_or_else(|| at(format!("unknown alg {:?} (expected EdDSA, ES256 or SM2)", entry.alg)))?;
+                .ok_or_else(|| {
+                    at(format!(
+                        "unknown alg {:?} (expected EdDSA, ES256 or SM2)",
+                        entry.alg
+                    ))
+                })?;
             let der = B64
                 .decode(entry.spki.trim())
                 .map_err(|e| at(format!("spki is not base64: {e}")))?;
-            let key = VerifyingKey::from_spki_der(&der).map_err(|e| at(format!("spki does not parse: {e}")))?;
+            let key = VerifyingKey::from_spki_der(&der)
+                .map_err(|e| at(format!("spki does not parse: {e}")))?;
             if key.alg() != alg {
-                return Err(at(format!("alg {alg} does not match the key type ({})", key.alg())));
+                return Err(at(format!(
+                    "alg {alg} does not match the key type ({})",
+                    key.alg()
+                )));
             }
             let derived = hex::encode(kid_of_spki(&der));
             if !entry.kid.eq_ignore_ascii_case(&derived) {
-                return Err(at(format!("kid does not match the kid derived from spki ({derived})")));
+                return Err(at(format!(
+                    "kid does not match the kid derived from spki ({derived})"
+                )));
             }
             store.add_key(key).map_err(at)?;
         }
@@ -89,7 +108,11 @@ impl TrustStore {
         Ok(store)
     }
 
-    pub fn from_keys(issuer: &str, keys: Vec<VerifyingKey>, revoked: &[[u8; SERIAL_LEN]]) -> Result<TrustStore, TrustListError> {
+    pub fn from_keys(
+        issuer: &str,
+        keys: Vec<VerifyingKey>,
+        revoked: &[[u8; SERIAL_LEN]],
+    ) -> Result<TrustStore, TrustListError> {
         let mut store = TrustStore {
             issuer: issuer.to_owned(),
             ..TrustStore::default()
@@ -117,14 +140,19 @@ impl TrustStore {
         let file: RevokedFile = serde_json::from_str(json)
             .map_err(|e| TrustListError(format!("revocation list is not valid: {e}")))?;
         if file.v != 1 {
-            return Err(TrustListError(format!("revocation list version {} is not supported", file.v)));
+            return Err(TrustListError(format!(
+                "revocation list version {} is not supported",
+                file.v
+            )));
         }
         for (i, serial) in file.revoked.iter().enumerate() {
             let bytes = hex::decode(serial)
                 .ok()
                 .and_then(|b| <[u8; SERIAL_LEN]>::try_from(b).ok())
                 .ok_or_else(|| {
-                    TrustListError(format!("revocation list revoked[{i}] {serial:?} is not 32 hex digits"))
+                    TrustListError(format!(
+                        "revocation list revoked[{i}] {serial:?} is not 32 hex digits"
+                    ))
                 })?;
             self.revoked.insert(bytes);
         }
@@ -171,31 +199,53 @@ impl Profile for TrustStore {
             .map_err(|e| Outcome::fail(Verdict::Malformed, Stage::Cose, e))?;
         let claims_value = cbor::decode(sign1.payload)
             .map_err(|e| Outcome::fail(Verdict::Malformed, Stage::Cbor, format!("payload: {e}")))?;
-        let licence =
-            Licence::decode(&claims_value).map_err(|e| Outcome::fail(Verdict::Malformed, Stage::Claims, e))?;
+        let licence = Licence::decode(&claims_value)
+            .map_err(|e| Outcome::fail(Verdict::Malformed, Stage::Claims, e))?;
         // LIC1 takes alg and kid from the protected header only.
         let kid = sign1.protected.kid.clone();
         let header = |o: Outcome| o.with_header(kid.clone(), None);
         let alg = match &sign1.protected.alg {
-            None => return Err(header(Outcome::fail(Verdict::Malformed, Stage::Cose, "no alg in the protected header"))),
+            None => {
+                return Err(header(Outcome::fail(
+                    Verdict::Malformed,
+                    Stage::Cose,
+                    "no alg in the protected header",
+                )))
+            }
             Some(AlgHeader::Known(a)) if Alg::SIGNING.contains(a) => *a,
             Some(AlgHeader::Known(a)) => {
-                return Err(header(Outcome::fail(Verdict::UnsupportedAlg, Stage::Alg, format!("alg {a} is not a LIC1 algorithm"))))
+                return Err(header(Outcome::fail(
+                    Verdict::UnsupportedAlg,
+                    Stage::Alg,
+                    format!("alg {a} is not a LIC1 algorithm"),
+                )))
             }
             Some(AlgHeader::Other(a)) => {
-                return Err(header(Outcome::fail(Verdict::UnsupportedAlg, Stage::Alg, format!("alg {a} is not supported"))))
+                return Err(header(Outcome::fail(
+                    Verdict::UnsupportedAlg,
+                    Stage::Alg,
+                    format!("alg {a} is not supported"),
+                )))
             }
         };
         let Some(kid) = kid else {
-            return Err(Outcome::fail(Verdict::Malformed, Stage::Cose, "no kid in the protected header")
-                .with_header(None, Some(alg)));
+            return Err(Outcome::fail(
+                Verdict::Malformed,
+                Stage::Cose,
+                "no kid in the protected header",
+            )
+            .with_header(None, Some(alg)));
         };
         let index = <[u8; 8]>::try_from(kid.as_slice())
             .ok()
             .and_then(|k| self.by_kid.get(&k).copied())
             .ok_or_else(|| {
-                Outcome::fail(Verdict::UnknownKid, Stage::Kid, format!("kid {} is not in the trust list", hex::encode(&kid)))
-                    .with_header(Some(kid.clone()), Some(alg))
+                Outcome::fail(
+                    Verdict::UnknownKid,
+                    Stage::Kid,
+                    format!("kid {} is not in the trust list", hex::encode(&kid)),
+                )
+                .with_header(Some(kid.clone()), Some(alg))
             })?;
         Ok(Pending {
             candidates: vec![index],
@@ -215,18 +265,37 @@ impl Profile for TrustStore {
         if signer.is_none() {
             let key_alg = self.keys[p.candidates[0]].alg();
             let why = if key_alg != p.alg {
-                format!("header alg {} differs from the key's algorithm {key_alg}", p.alg)
+                format!(
+                    "header alg {} differs from the key's algorithm {key_alg}",
+                    p.alg
+                )
             } else {
                 "signature does not verify".to_owned()
             };
-            return Outcome::fail(Verdict::BadSignature, Stage::Signature, why).with_header(header.0, header.1);
+            return Outcome::fail(Verdict::BadSignature, Stage::Signature, why)
+                .with_header(header.0, header.1);
         }
         let failure = if self.revoked.contains(&licence.cti) {
-            Some((Verdict::Revoked, Stage::Revocation, format!("serial {} is revoked", hex::encode(licence.cti))))
-        } else if licence.exp.is_some_and(|exp| i128::from(at) >= i128::from(exp)) {
-            Some((Verdict::Expired, Stage::Time, "the licence printout has expired".to_owned()))
+            Some((
+                Verdict::Revoked,
+                Stage::Revocation,
+                format!("serial {} is revoked", hex::encode(licence.cti)),
+            ))
+        } else if licence
+            .exp
+            .is_some_and(|exp| i128::from(at) >= i128::from(exp))
+        {
+            Some((
+                Verdict::Expired,
+                Stage::Time,
+                "the licence printout has expired".to_owned(),
+            ))
         } else if i128::from(licence.iat) > i128::from(at) + i128::from(IAT_SKEW_S) {
-            Some((Verdict::NotYetValid, Stage::Time, "issued-at lies in the future".to_owned()))
+            Some((
+                Verdict::NotYetValid,
+                Stage::Time,
+                "issued-at lies in the future".to_owned(),
+            ))
         } else {
             None
         };

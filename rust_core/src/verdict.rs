@@ -96,7 +96,7 @@ pub struct Outcome {
     pub alg: Option<Alg>,
     /// Present only once the signature checked out (valid, revoked, expired, not yet valid):
     /// an auditor is never shown the contents of a forgery as if they meant something.
-    pub claims: Option<Claims>,
+    pub claims: Option<Box<Claims>>,
 }
 
 impl Outcome {
@@ -123,7 +123,7 @@ impl Outcome {
     }
 
     pub fn with_claims(mut self, claims: Claims) -> Outcome {
-        self.claims = Some(claims);
+        self.claims = Some(Box::new(claims));
         self
     }
 

@@ -44,12 +44,18 @@ mod tests {
     #[test]
     fn exact_limit_is_accepted() {
         let data = vec![7u8; 1 << 16];
-        assert_eq!(inflate_limited(&compress(&data), 1 << 16).unwrap().len(), 1 << 16);
+        assert_eq!(
+            inflate_limited(&compress(&data), 1 << 16).unwrap().len(),
+            1 << 16
+        );
     }
 
     #[test]
     fn garbage_and_truncation() {
-        assert!(matches!(inflate_limited(b"not zlib", 1024), Err(InflateError::Corrupt(_))));
+        assert!(matches!(
+            inflate_limited(b"not zlib", 1024),
+            Err(InflateError::Corrupt(_))
+        ));
         let good = compress(b"hello hello hello");
         assert!(inflate_limited(&good[..good.len() - 3], 1024).is_err());
         let mut bad_sum = good.clone();
