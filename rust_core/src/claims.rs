@@ -209,8 +209,9 @@ impl DccClaims {
         let hcert = v
             .map_get(CLAIM_HCERT)
             .ok_or("claim -260 (hcert) is missing")?;
-        if hcert.as_map().is_none() {
-            return Err("claim -260 (hcert) is not a map".into());
+        // The health certificate itself (hcert key 1) must be a map too (DCC suite CBO1).
+        if hcert.map_get(1).and_then(Value::as_map).is_none() {
+            return Err("claim -260 (hcert) does not hold a certificate map under key 1".into());
         }
         Ok(DccClaims {
             iss,

@@ -81,9 +81,13 @@ pub fn parse_sign1(data: &[u8], wrapping: Wrapping) -> Result<Sign1<'_>, String>
     let Value::Map(unprotected_entries) = unprotected else {
         return Err("unprotected header is not a map".into());
     };
-    for (label, _) in unprotected_entries {
-        if protected_entries.iter().any(|(l, _)| l == label) {
-            return Err("a header label is in both the protected and unprotected buckets".into());
+    // RFC 9052 §3: a label must not sit in both buckets. The EU DCC instead lets the protected
+    // one win, and real certificates rely on it (DCC test suite CO21).
+    if let Wrapping::Sign1 = wrapping {
+        for (label, _) in unprotected_entries {
+            if protected_entries.iter().any(|(l, _)| l == label) {
+                return Err("a header label is in both the protected and unprotected buckets".into());
+            }
         }
     }
     let protected = headers(protected_entries, true)?;

@@ -8,6 +8,7 @@ parametrized here (`pytest_generate_tests`), one test per vector with a readable
 from __future__ import annotations
 
 import base64
+import csv
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -247,3 +248,11 @@ def all_dcc_cases() -> list[DccCase]:
     if not VECTORS.is_dir():
         pytest.skip(MISSING)
     return [case for _, case in dcc_cases()]
+
+
+@pytest.fixture(scope="session")
+def dcc_known_issues() -> list[dict[str, str]]:
+    """dgc-testdata/tests/known_issues.csv: what the upstream runner itself skips, and why."""
+    path = VECTORS / "dgc-testdata" / "tests" / "known_issues.csv"
+    with path.open(newline="", encoding="utf-8") as rows:
+        return list(csv.DictReader(rows))

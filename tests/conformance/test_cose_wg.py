@@ -52,7 +52,8 @@ def test_verify(cose_wg_case):
     if case.key_type in UNSUPPORTED_KEY_TYPES:
         with pytest.raises(rust_core.KeyFormatError):
             rust_core.VerifyingKey.from_spki(case.spki)
-        pytest.skip(f"key refused as expected: {UNSUPPORTED_KEY_TYPES[case.key_type]}")
+        pytest.skip(f"{case.id}: key refused as expected; {UNSUPPORTED_KEY_TYPES[case.key_type]}")
     key = rust_core.VerifyingKey.from_spki(case.spki)
     verdict = rust_core.verify_cose_sign1(case.cose, key, case.external_aad)
-    assert verdict == expected_verdict(case), f"{case.title} ({case.alg}, {case.key_type})"
+    context = f"{case.title} ({case.alg}, {case.key_type}) {MISLABELLED.get(case.id, '')}"
+    assert verdict == expected_verdict(case), context

@@ -44,7 +44,7 @@ def test_verify(gluecose_case):
     if case.key_type in UNSUPPORTED_KEY_TYPES:
         with pytest.raises(rust_core.KeyFormatError):
             rust_core.VerifyingKey.from_spki(case.spki)
-        pytest.skip(f"key refused as expected: {UNSUPPORTED_KEY_TYPES[case.key_type]}")
+        pytest.skip(f"{case.id}: key refused as expected; {UNSUPPORTED_KEY_TYPES[case.key_type]}")
     key = rust_core.VerifyingKey.from_spki(case.spki)
     verdict = rust_core.verify_cose_sign1(case.cose, key, case.external_aad)
     assert verdict == expected_verdict(case), f"{case.title} ({case.alg}, {case.key_type})"
@@ -69,7 +69,7 @@ def test_sign_matches_independent_verifier(gluecose_sign_case):
     must verify under `cryptography` over the RFC 9052 Sig_structure."""
     case = gluecose_sign_case
     if case.alg != "ES256":
-        pytest.skip(f"rust_core does not sign with {case.alg}")
+        pytest.skip(f"{case.id}: rust_core does not sign with {case.alg}")
     key = rust_core.SigningKey.from_pem(case.pkcs8_pem)
     assert key.alg == case.alg
     assert key.public_spki() == case.spki
