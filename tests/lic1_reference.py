@@ -45,7 +45,7 @@ ALG_IDS: dict[str, int] = {"EdDSA": -8, "ES256": -7, "SM2": -65537}
 ALG_NAMES: dict[int, str] = {v: k for k, v in ALG_IDS.items()}
 
 # COSE header labels and CWT claim keys (RFC 9052 / RFC 8392 / DESIGN.md).
-HDR_ALG, HDR_KID = 1, 4
+HDR_ALG, HDR_CRIT, HDR_KID = 1, 2, 4
 CLAIM_ISS, CLAIM_EXP, CLAIM_IAT, CLAIM_CTI, CLAIM_LIC = 1, 4, 6, 7, -65537
 LIC_REQUIRED = (1, 2, 3, 4, 5, 7, 9)
 LIC_OPTIONAL = (6, 8)
@@ -323,6 +323,11 @@ class Sm2Key(_KeyBase):
         self._gm.public_key = public_xy.hex()
         self._spki = sm2_spki(public_xy)
 
+    @property
+    def gmssl(self) -> gm_sm2.CryptSM2:
+        """The gmssl object holding this key (hex form, point already set)."""
+        return self._gm
+
     @classmethod
     def from_private(cls, d: int) -> Sm2Key:
         if not 1 <= d < SM2_N - 1:
@@ -372,12 +377,9 @@ def sm2_pkcs8(d: int, public_xy: bytes) -> bytes:
     )
 
 
-def sm2_private_scalar(pkcs8_der: bytes) -> int:
-    """The 32-byte d of the ECPrivateKey inside an SM2 PKCS#8 key."""
-    alg_id, private = pkcs8_parts(pkcs8_der)
-    if alg_of_algorithm_identifier(alg_id) != "SM2":
-        raise ValueError("not an SM2 key")
-    items = der_children(der_expect(private, DER_SEQUENCE))
+def ec_private_scalar(ec_private_key: bytes) -> int:
+    """The 32-byte d of an RFC 5915 ECPrivateKey (the privateKey of an EC PKCS#8 key)."""
+    items = der_children(der_expect(ec_private_key, DER_SEQUENCE))
     if len(items) < 2 or items[1][0] != DER_OCTET_STRING or len(items[1][1]) != 32:
         raise ValueError("not an ECPrivateKey with a 32-byte scalar")
     return int.from_bytes(items[1][1], "big")
@@ -407,18 +409,21 @@ def generate_key(alg: str) -> RefKey:
 
 
 def signing_key_from_pem(pem: str | bytes) -> RefKey:
-    """A PKCS#8 PEM private key (as rust_core's SigningKey.to_pem writes it)."""
+    """A PKCS#8 PEM private key (v1, or v2 / RFC 5958 with the public key as rust_core's Ed25519
+    keys come), read with the DER reader above rather than `cryptography`'s loader (which, like
+    OpenSSL 3.0, refuses v2 keys)."""
     text = pem.decode() if isinstance(pem, bytes) else pem
-    der = _pem_body(text)
-    alg = alg_of_algorithm_identifier(pkcs8_parts(der)[0])
-    if alg == "SM2":
-        return Sm2Key.from_private(sm2_private_scalar(der))
-    private = serialization.load_der_private_key(der, password=None)
+    alg_id, private = pkcs8_parts(_pem_body(text))
+    alg = alg_of_algorithm_identifier(alg_id)
     if alg == "EdDSA":
-        assert isinstance(private, ed25519.Ed25519PrivateKey)
-        return Ed25519Key(private.public_key(), private)
-    assert isinstance(private, ec.EllipticCurvePrivateKey)
-    return Es256Key(private.public_key(), private)
+        seed = der_expect(private, DER_OCTET_STRING)  # RFC 8410 CurvePrivateKey
+        ed_private = ed25519.Ed25519PrivateKey.from_private_bytes(seed)
+        return Ed25519Key(ed_private.public_key(), ed_private)
+    d = ec_private_scalar(private)
+    if alg == "SM2":
+        return Sm2Key.from_private(d)
+    ec_private = ec.derive_private_key(d, ec.SECP256R1())
+    return Es256Key(ec_private.public_key(), ec_private)
 
 
 def verifying_key_from_spki(spki: bytes) -> RefKey:
@@ -447,10 +452,14 @@ def compress(data: bytes, level: int = 9) -> bytes:
     return zlib.compress(data, level)
 
 
+def b45encode(data: bytes) -> str:
+    """RFC 9285 Base45 text."""
+    return bytes(base45.b45encode(data)).decode("ascii")
+
+
 def build_text(cose: bytes, *, compressed: bool = True, prefix: str = PREFIX) -> str:
     """prefix + Base45(zlib(cose)); `compressed=False` skips zlib (a malformed LIC1)."""
-    body = compress(cose) if compressed else cose
-    return prefix + base45.b45encode(body).decode("ascii")
+    return prefix + b45encode(compress(cose) if compressed else cose)
 
 
 def protected_header(alg: int | str | None, kid: bytes | None) -> bytes:
@@ -800,17 +809,29 @@ def _check_header(header: Any, unprotected: Mapping[Any, Any]) -> None:
         raise _Reject("malformed", "cose", "a label is in both headers (RFC 9052 §3)")
     if HDR_ALG not in header:
         raise _Reject("malformed", "cose", "no alg in the protected header")
-    if not isinstance(header[HDR_ALG], int) or isinstance(header[HDR_ALG], bool):
-        raise _Reject("malformed", "cose", "alg must be an integer")
+    if not isinstance(header[HDR_ALG], int | str) or isinstance(header[HDR_ALG], bool):
+        raise _Reject("malformed", "cose", "alg must be an integer or text")  # unknown: later
     if not isinstance(header.get(HDR_KID), bytes):
         raise _Reject("malformed", "cose", "no bstr kid in the protected header")
+    _check_crit(header, unprotected)
 
 
-_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+def _check_crit(header: Mapping[Any, Any], unprotected: Mapping[Any, Any]) -> None:
+    """RFC 9052 §3.1 crit: every label listed must be understood; this verifier knows 1 and 4."""
+    if HDR_CRIT in unprotected:
+        raise _Reject("malformed", "cose", "crit in the unprotected header")
+    if HDR_CRIT not in header:
+        return
+    crit = header[HDR_CRIT]
+    if not isinstance(crit, list | tuple) or not crit:
+        raise _Reject("malformed", "cose", "crit must be a non-empty array")
+    if any(label not in (HDR_ALG, HDR_KID) for label in crit):
+        raise _Reject("malformed", "cose", f"crit names a label not processed here: {crit!r}")
 
 
 def _is_uint(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    """A CBOR unsigned integer (major type 0: below 2**64; a bignum is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**64
 
 
 def _check_claims(cwt: Any) -> None:
@@ -836,6 +857,8 @@ def _check_claims(cwt: Any) -> None:
 def _check_lic(lic: Any, bad: Any) -> None:
     if not isinstance(lic, Mapping):
         raise bad("lic must be a map")
+    if any(not isinstance(k, int) or isinstance(k, bool) for k in lic):
+        raise bad("lic keys must be integers")
     for k in LIC_REQUIRED:
         if not isinstance(lic.get(k), str):
             raise bad(f"lic {k} must be text")
@@ -844,8 +867,6 @@ def _check_lic(lic: Any, bad: Any) -> None:
             raise bad(f"lic {k} must be text")
     if not uscc_is_valid(lic[1]):
         raise bad(f"USCC {lic[1]!r} is not valid")
-    if not _DATE_RE.fullmatch(lic[7]):
-        raise bad("est must be YYYY-MM-DD")
 
 
 def cwt_to_claims(cwt: Mapping[int, Any]) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from typing import Any
 import cbor2
 import lic1_reference as ref
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 import rust_core
 
@@ -82,6 +84,21 @@ def test_key_export_round_trips(rust_key: Any, ref_twin: ref.RefKey) -> None:
     assert rust_core.kid_of_spki(rust_key.public_spki()) == rust_key.kid
     again = rust_core.SigningKey.from_pem(rust_key.to_pem())
     assert again.kid == rust_key.kid and again.alg == rust_key.alg
+
+
+@pytest.mark.parametrize("alg", ["EdDSA", "ES256"])
+def test_pem_files_load_in_cryptography(alg: str) -> None:
+    """Keys rust_core writes are usable by other tools (pyca/cryptography, hence OpenSSL): an
+    operator must be able to inspect, back up or re-import the issuer key. (`cryptography` has
+    no SM2 curve, so SM2 is covered by the reference's own DER reader above.)"""
+    key = rust_core.SigningKey.generate(alg)
+    public = serialization.load_pem_public_key(key.public_pem().encode())
+    assert public.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo) == key.public_spki()
+    private = serialization.load_pem_private_key(key.to_pem().encode(), password=None)
+    assert (
+        private.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        == key.public_spki()
+    )
 
 
 def test_verifying_key_from_spki_matches(rust_key: Any) -> None:

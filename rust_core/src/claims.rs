@@ -84,6 +84,14 @@ impl Licence {
         {
             return Err(format!("licence field {missing} is missing"));
         }
+        // DESIGN.md defines field 1 as a code with a valid check character: anything else is
+        // not a licence of this format, whoever signed it.
+        let code = &lic[0].1;
+        if lic[0].0 != LIC_USCC || !uscc::is_valid(code) {
+            return Err(format!(
+                "licence field 1 (uscc) {code:?} has no valid GB 32100-2015 check character"
+            ));
+        }
         let cti = v
             .map_get(CLAIM_CTI)
             .ok_or("claim 7 (cti, the serial) is missing")?

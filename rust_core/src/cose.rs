@@ -86,7 +86,9 @@ pub fn parse_sign1(data: &[u8], wrapping: Wrapping) -> Result<Sign1<'_>, String>
     if let Wrapping::Sign1 = wrapping {
         for (label, _) in unprotected_entries {
             if protected_entries.iter().any(|(l, _)| l == label) {
-                return Err("a header label is in both the protected and unprotected buckets".into());
+                return Err(
+                    "a header label is in both the protected and unprotected buckets".into(),
+                );
             }
         }
     }
