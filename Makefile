@@ -1,6 +1,6 @@
 # One entry point for people and CI: set-up, run, test, lint, type-check, bench, fuzz.
 #   make run    set up (if needed) and run the product's demo (`fleet demo`)
-#   make test   set up (if needed) and run every test: Rust (cargo test) and Python (pytest)
+#   make test   set up (if needed), then lint, type-check and every test (cargo test, pytest)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # rustup's cargo may be missing from a non-login shell's PATH.
@@ -16,8 +16,10 @@ develop: setup
 run: setup
 	$(VENV)/bin/fleet demo
 
-# Sequential on purpose (also under -j): set-up first, then Rust tests, then Python tests.
+# Sequential on purpose (also under -j): set-up, lint, type-check, Rust tests, Python tests.
 test: setup
+	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory typecheck
 	$(MAKE) --no-print-directory test-rust
 	$(MAKE) --no-print-directory test-py
 
@@ -50,4 +52,4 @@ FUZZ_SECONDS ?= 60
 fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) ./scripts/fuzz.sh
 
-check: lint typecheck test
+check: test

@@ -19,7 +19,6 @@ from typing import Any
 
 import rust_core
 from fleet.cli_common import CliError, write_atomic
-from fleet.verify_cli import render_plain
 
 ISSUER = "CN-510107"  # 成都市武侯区 (Wuhou District, Chengdu): the licence-issuing bureau
 YEAR = 365 * 24 * 3600
@@ -129,20 +128,26 @@ def run(args: argparse.Namespace) -> int:
     checks = [
         _Check("the genuine printout", text, "valid"),
         _Check(
-            f"name changed to {FORGED_NAME}", forge_name(text, NAME, FORGED_NAME), "bad_signature"
+            f"the name changed to {FORGED_NAME} by a forger",
+            forge_name(text, NAME, FORGED_NAME),
+            "bad_signature",
         ),
-        _Check("one character misread", smudge(text), "malformed"),
-        _Check("signed with a key not on the list", outsider.sign_licence(claims), "unknown_kid"),
-        _Check("checked two years later", text, "expired", at=now + 2 * YEAR),
-        _Check("after the bureau revoked it", text, "revoked", revoked=True),
+        _Check("one character misread from a damaged print", smudge(text), "malformed"),
+        _Check(
+            "the same licence signed with a key not on the trust list",
+            outsider.sign_licence(claims),
+            "unknown_kid",
+        ),
+        _Check("the genuine printout, checked two years later", text, "expired", at=now + 2 * YEAR),
+        _Check("the genuine printout, after the bureau revoked it", text, "revoked", revoked=True),
     ]
-    print("4. An auditor scans it (`fleet verify` prints the first four columns):")
+    print("4. An auditor scans these with `fleet verify` and gets:")
     surprises = 0
     for c in checks:
         v = (revoked_store if c.revoked else store).verify(c.text, c.at)
-        mark = "" if v.verdict == c.expected else f"   <-- expected {c.expected}"
+        mark = "" if v.verdict == c.expected else f"   <-- unexpected: should be {c.expected}"
         surprises += v.verdict != c.expected
-        print(f"   {c.what:<36} {render_plain(v)}{mark}")
+        print(f"   {v.verdict:<14} {c.what}{mark}")
     print(f"   (the revocation list is {shown('revoked.json')})")
 
     print("\nTry it yourself:")

@@ -70,7 +70,7 @@ def run_sign(args: argparse.Namespace) -> int:
         except ClaimsInputError as e:
             raise CliError(f"{place}: {e}") from None
     try:
-        texts = key.sign_many(claims)
+        texts = key.sign_many(claims) if len(claims) > 1 else [key.sign_licence(claims[0])]
     except rust_core.ClaimsError as e:
         raise CliError(f"{where[_refused_item(key, claims)]}: refused: {e}") from None
     output = "".join(t + "\n" for t in texts)

@@ -8,6 +8,7 @@ import os
 import stat
 import sys
 import unicodedata
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -80,8 +81,8 @@ def _epoch_seconds(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number of seconds: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    if not 0 <= value < 1 << 63:
+        raise argparse.ArgumentTypeError(f"out of range: {text!r}")
     return value
 
 
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     render = render_json if args.json else render_plain
     if os.isatty(0) and any(s.fd == 0 for s in sources):
         warn("fleet verify: scan licences, one per line; Ctrl-D to finish")
-    counts: dict[str, int] = {}
+    counts: Counter[str] = Counter()
     try:
         for batch in _text_batches(sources):
             results = (
@@ -117,13 +118,12 @@ def run(args: argparse.Namespace) -> int:
             )
             sys.stdout.write("".join(render(v) + "\n" for v in results))
             sys.stdout.flush()
-            for v in results:
-                counts[v.verdict] = counts.get(v.verdict, 0) + 1
+            counts.update(v.verdict for v in results)
     finally:
         for s in sources:
             if s.fd != 0:
                 os.close(s.fd)
-    total = sum(counts.values())
+    total = counts.total()
     if total == 0:
         warn("fleet verify: no QR texts read")
     elif os.isatty(2):
@@ -159,6 +159,8 @@ def printable(text: str) -> str:
     """Signed text shown on a terminal: tabs, line breaks, escape and bidi-override characters
     become U+FFFD, so a crafted name can neither break the one-line-per-text output nor
     repaint the screen."""
+    if text.isprintable():  # the usual case, and much faster than looking at each character
+        return text
     return "".join(
         "\ufffd" if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch for ch in text
     )

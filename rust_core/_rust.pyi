@@ -18,12 +18,12 @@ _VerdictName = Literal[
 
 __all__ = [
     "ALGORITHMS",
-    "DccTrustStore",
     "MAX_DECOMPRESSED_BYTES",
     "MAX_TEXT_CHARS",
+    "VERDICTS",
+    "DccTrustStore",
     "SigningKey",
     "TrustStore",
-    "VERDICTS",
     "Verification",
     "VerifyingKey",
     "base45_decode",
@@ -74,7 +74,8 @@ class SigningKey:
         Raises ClaimsError for a missing/ill-typed field or an invalid USCC check character.
         """
     def sign_many(self, claims: Sequence[Mapping[str, Any]]) -> list[str]:
-        """sign_licence for many; inputs are copied first, then signed on every core with the GIL released."""
+        """sign_licence for many: inputs are copied first, then signed on every core
+        with the GIL released."""
     def sign_cose(self, payload: bytes, external_aad: bytes = b"", tagged: bool = True) -> bytes:
         """A raw COSE_Sign1 over `payload` with protected {1: alg, 4: kid} (for other documents)."""
 
@@ -84,7 +85,9 @@ class VerifyingKey:
 
     @staticmethod
     def from_spki(der: bytes) -> VerifyingKey:
-        """Ed25519 -> EdDSA, P-256 -> ES256, SM2 curve -> SM2, RSA -> PS256. Raises KeyFormatError."""
+        """Ed25519 -> EdDSA, P-256 -> ES256, SM2 curve -> SM2, RSA -> PS256.
+
+        Raises KeyFormatError."""
     @staticmethod
     def from_pem(pem: str | bytes) -> VerifyingKey: ...
     @property
@@ -106,7 +109,8 @@ class Verification:
     def alg(self) -> _AlgName | None: ...
     @property
     def claims(self) -> dict[str, Any] | None:
-        """Decoded claims, only once the signature verified (valid, revoked, expired, not_yet_valid):
+        """Decoded claims, only once the signature verified (valid, revoked, expired,
+        not_yet_valid):
         the contents of a forgery are never handed out. Built anew on each access."""
     @property
     def stage(self) -> str | None:
@@ -125,7 +129,9 @@ class TrustStore:
 
     @staticmethod
     def from_json(trust_json: str, revoked_json: str | None = None) -> TrustStore:
-        """Load DESIGN.md's trust list (and revocation list). Raises TrustListError naming the entry."""
+        """Load DESIGN.md's trust list (and revocation list).
+
+        Raises TrustListError naming the offending entry."""
     @staticmethod
     def from_keys(
         keys: Sequence[VerifyingKey | SigningKey],
@@ -140,7 +146,9 @@ class TrustStore:
     def revoked_count(self) -> int: ...
     def __len__(self) -> int: ...
     def verify(self, text: str, at: int | None = None) -> Verification:
-        """Verify one LIC1 text at `at` (epoch seconds; default now). Raises TypeError for a non-str."""
+        """Verify one LIC1 text at `at` (epoch seconds; default now).
+
+        Raises TypeError for a non-str."""
     def verify_many(self, texts: Sequence[str], at: int | None = None) -> list[Verification]:
         """Verify many with the GIL released, on every core, batching Ed25519 signatures."""
     def to_json(self) -> str:
@@ -165,9 +173,7 @@ class DccTrustStore:
         Time check: cert.not_before <= iat <= at <= exp <= cert.not_after."""
     def verify_many(self, texts: Sequence[str], at: int | None = None) -> list[Verification]: ...
 
-def verify_cose_sign1(
-    cose: bytes, key: VerifyingKey, external_aad: bytes = b""
-) -> _VerdictName:
+def verify_cose_sign1(cose: bytes, key: VerifyingKey, external_aad: bytes = b"") -> _VerdictName:
     """Verify a raw COSE_Sign1 (tagged 18 or untagged) with generic RFC 9052 rules: alg only from
     the protected header and matching the key. Returns "valid", "malformed", "unsupported_alg"
     or "bad_signature"."""

@@ -10,10 +10,14 @@ if [ ! -f rust_core/fuzz/Cargo.toml ]; then
 fi
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 export RUSTC_BOOTSTRAP=1
+# Seed corpora: valid LIC1 texts signed with the fuzz key, so the fuzzer starts past the parsers.
+.venv/bin/python rust_core/fuzz/seeds.py
 cd rust_core
 targets=$(cargo fuzz list)
 [ -n "$targets" ] || { echo "fuzz: cargo fuzz list found no targets" >&2; exit 1; }
 for t in $targets; do
   echo "fuzz: $t for ${FUZZ_SECONDS}s"
-  cargo fuzz run "$t" -- -max_total_time="$FUZZ_SECONDS"
+  # max_len above the 4,296-character QR limit; a 5 s timeout would flag any hang.
+  cargo fuzz run "$t" "fuzz/corpus/$t" -- -max_total_time="$FUZZ_SECONDS" -max_len=6000 -timeout=5 \
+    -rss_limit_mb=2048
 done

@@ -30,14 +30,26 @@ def main() -> int:
     keys = [rust_core.SigningKey.from_pem(pem)] + [
         rust_core.SigningKey.generate(a) for a in ("ES256", "SM2")
     ]
-    lic = {1: "91350100M000100Y43", 2: "某某小吃店", 3: "个体工商户", 4: "张三",
-           5: "成都市武侯区", 7: "2024-03-01", 9: "T-0001"}
+    lic = {
+        1: "91350100M000100Y43",
+        2: "某某小吃店",
+        3: "个体工商户",
+        4: "张三",
+        5: "成都市武侯区",
+        7: "2024-03-01",
+        9: "T-0001",
+    }
     text_dir, cose_dir = HERE / "corpus" / "verify_text", HERE / "corpus" / "verify_cose"
     text_dir.mkdir(parents=True, exist_ok=True)
     cose_dir.mkdir(parents=True, exist_ok=True)
     for i, key in enumerate(keys):
         for exp in (None, 1_700_000_000):
-            claims = {"iss": "CN-FUZZ", "iat": 1_700_000_000 - 10, "cti": os.urandom(16), "lic": lic}
+            claims = {
+                "iss": "CN-FUZZ",
+                "iat": 1_700_000_000 - 10,
+                "cti": os.urandom(16),
+                "lic": lic,
+            }
             if exp:
                 claims["exp"] = exp
             text = key.sign_licence(claims)
