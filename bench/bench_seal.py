@@ -190,8 +190,7 @@ def all_true(results: Sequence[Any]) -> None:
 
 
 def pycose_keys(work: Workload) -> tuple[Any, Any]:
-    # The reference's PEM (PKCS#8 v1): cryptography cannot read rust_core's v2 Ed25519 PEM.
-    private = CoseKey.from_pem_private_key(work.ref_key.to_pem())
+    private = CoseKey.from_pem_private_key(work.rust_key.to_pem())
     public = CoseKey.from_pem_public_key(work.rust_key.public_pem())
     return private, public
 
@@ -281,7 +280,7 @@ def raw_signer(work: Workload) -> Callable[[bytes], bytes]:
     """Sign Sig_structure bytes with the library alone (ES256 output left as DER)."""
     if work.alg == "SM2":
         return work.ref_key.sign  # gmssl sign_with_sm3, with a nonce from `secrets`
-    private = serialization.load_pem_private_key(work.ref_key.to_pem().encode(), None)
+    private = serialization.load_pem_private_key(work.rust_key.to_pem().encode(), None)
     if isinstance(private, ed25519.Ed25519PrivateKey):
         return private.sign
     if not isinstance(private, ec.EllipticCurvePrivateKey):

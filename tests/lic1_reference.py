@@ -409,9 +409,8 @@ def generate_key(alg: str) -> RefKey:
 
 
 def signing_key_from_pem(pem: str | bytes) -> RefKey:
-    """A PKCS#8 PEM private key (v1, or v2 / RFC 5958 with the public key as rust_core's Ed25519
-    keys come), read with the DER reader above rather than `cryptography`'s loader (which, like
-    OpenSSL 3.0, refuses v2 keys)."""
+    """A PKCS#8 PEM private key (v1, or v2 / RFC 5958 with the public key), read with the DER
+    reader above: `cryptography`'s loader, like OpenSSL 3.0, refuses v2 keys and has no SM2."""
     text = pem.decode() if isinstance(pem, bytes) else pem
     alg_id, private = pkcs8_parts(_pem_body(text))
     alg = alg_of_algorithm_identifier(alg_id)

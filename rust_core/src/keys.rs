@@ -1,6 +1,7 @@
 //! Signing and verifying keys for the algorithms the seal speaks, with PKCS#8 / SPKI I/O.
 
 use std::fmt;
+use std::sync::Arc;
 
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
 use ed25519_dalek::Signer as _;
@@ -8,6 +9,8 @@ use p256::pkcs8::LineEnding;
 use rand_core::OsRng;
 use sha2::{Digest, Sha256};
 use signature::Verifier as _;
+
+use crate::sm2_verify::Sm2Verifier;
 
 /// GB/T 32918.2 default signer distinguishing identifier, as Chinese deployments use it.
 pub const SM2_DISTID: &str = "1234567812345678";
@@ -98,7 +101,8 @@ pub fn kid_of_spki(spki_der: &[u8]) -> [u8; 8] {
 
 pub enum SigningKey {
     Ed25519(ed25519_dalek::SigningKey),
-    P256(p256::ecdsa::SigningKey),
+    /// p256 holds the key for PKCS#8 I/O; ring signs, several times faster.
+    P256(p256::ecdsa::SigningKey, Box<ring::signature::EcdsaKeyPair>),
     Sm2(Box<sm2::dsa::SigningKey>),
 }
 
@@ -106,7 +110,7 @@ impl SigningKey {
     pub fn generate(alg: Alg) -> Result<SigningKey, KeyError> {
         Ok(match alg {
             Alg::EdDSA => SigningKey::Ed25519(ed25519_dalek::SigningKey::generate(&mut OsRng)),
-            Alg::ES256 => SigningKey::P256(p256::ecdsa::SigningKey::random(&mut OsRng)),
+            Alg::ES256 => SigningKey::p256(p256::ecdsa::SigningKey::random(&mut OsRng))?,
             Alg::SM2 => {
                 let secret = sm2::SecretKey::random(&mut OsRng);
                 SigningKey::Sm2(Box::new(sm2_signing(&secret)?))
@@ -121,7 +125,7 @@ impl SigningKey {
             return Ok(SigningKey::Ed25519(k));
         }
         if let Ok(k) = p256::ecdsa::SigningKey::from_pkcs8_pem(pem) {
-            return Ok(SigningKey::P256(k));
+            return SigningKey::p256(k);
         }
         if let Ok(secret) = sm2::SecretKey::from_pkcs8_pem(pem) {
             return Ok(SigningKey::Sm2(Box::new(sm2_signing(&secret)?)));
@@ -139,7 +143,7 @@ impl SigningKey {
                 public_key: None,
             }
             .to_pkcs8_pem(LineEnding::LF),
-            SigningKey::P256(k) => k.to_pkcs8_pem(LineEnding::LF),
+            SigningKey::P256(k, _) => k.to_pkcs8_pem(LineEnding::LF),
             SigningKey::Sm2(k) => {
                 sm2::SecretKey::from(k.as_nonzero_scalar()).to_pkcs8_pem(LineEnding::LF)
             }
@@ -150,7 +154,7 @@ impl SigningKey {
     pub fn alg(&self) -> Alg {
         match self {
             SigningKey::Ed25519(_) => Alg::EdDSA,
-            SigningKey::P256(_) => Alg::ES256,
+            SigningKey::P256(..) => Alg::ES256,
             SigningKey::Sm2(_) => Alg::SM2,
         }
     }
@@ -158,8 +162,12 @@ impl SigningKey {
     pub fn verifying_key(&self) -> VerifyingKey {
         match self {
             SigningKey::Ed25519(k) => VerifyingKey::Ed25519(k.verifying_key()),
-            SigningKey::P256(k) => VerifyingKey::p256(*k.verifying_key()),
-            SigningKey::Sm2(k) => VerifyingKey::Sm2(Box::new(k.verifying_key().clone())),
+            SigningKey::P256(k, _) => VerifyingKey::p256(*k.verifying_key()),
+            SigningKey::Sm2(k) => {
+                let public = sm2::PublicKey::from_affine(*k.verifying_key().as_affine())
+                    .expect("a signing key's public point is valid");
+                VerifyingKey::sm2(public).expect("a signing key's public key is valid")
+            }
         }
     }
 
@@ -167,15 +175,30 @@ impl SigningKey {
     pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
         match self {
             SigningKey::Ed25519(k) => k.sign(msg).to_bytes().to_vec(),
-            SigningKey::P256(k) => {
-                let sig: p256::ecdsa::Signature = k.sign(msg);
-                sig.to_bytes().to_vec()
-            }
+            SigningKey::P256(_, ring_key) => ring_key
+                .sign(&ring::rand::SystemRandom::new(), msg)
+                .expect("ring signs with a valid key")
+                .as_ref()
+                .to_vec(),
             SigningKey::Sm2(k) => {
                 let sig: sm2::dsa::Signature = k.sign(msg);
                 sig.to_bytes().to_vec()
             }
         }
+    }
+}
+
+impl SigningKey {
+    fn p256(key: p256::ecdsa::SigningKey) -> Result<SigningKey, KeyError> {
+        let public = key.verifying_key().to_encoded_point(false);
+        let ring_key = ring::signature::EcdsaKeyPair::from_private_key_and_public_key(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &key.to_bytes(),
+            public.as_bytes(),
+            &ring::rand::SystemRandom::new(),
+        )
+        .map_err(|e| KeyError::Format(format!("P-256 key refused: {e}")))?;
+        Ok(SigningKey::P256(key, Box::new(ring_key)))
     }
 }
 
@@ -189,7 +212,8 @@ pub enum VerifyingKey {
     Ed25519(ed25519_dalek::VerifyingKey),
     /// The uncompressed SEC1 point is kept for ring, which verifies P-256 several times faster.
     P256(p256::ecdsa::VerifyingKey, Box<[u8]>),
-    Sm2(Box<sm2::dsa::VerifyingKey>),
+    /// The `sm2` crate's key (for encoding) and our table-driven verifier, shared by clones.
+    Sm2(Box<sm2::dsa::VerifyingKey>, Arc<Sm2Verifier>),
     Rsa(Box<rsa::pss::VerifyingKey<Sha256>>),
 }
 
@@ -206,9 +230,7 @@ impl VerifyingKey {
             return Ok(VerifyingKey::p256(k));
         }
         if let Ok(pk) = sm2::PublicKey::from_public_key_der(der) {
-            let k = sm2::dsa::VerifyingKey::new(SM2_DISTID, pk)
-                .map_err(|_| KeyError::Format("invalid SM2 public key".into()))?;
-            return Ok(VerifyingKey::Sm2(Box::new(k)));
+            return VerifyingKey::sm2(pk);
         }
         if let Ok(pk) = rsa::RsaPublicKey::from_public_key_der(der) {
             // PSS with MGF1-SHA-256 and a 32-byte salt (RFC 8230, EU DCC).
@@ -217,6 +239,13 @@ impl VerifyingKey {
         Err(KeyError::Format(
             "not a SubjectPublicKeyInfo of type Ed25519, P-256, SM2 or RSA".into(),
         ))
+    }
+
+    fn sm2(public_key: sm2::PublicKey) -> Result<VerifyingKey, KeyError> {
+        let key = sm2::dsa::VerifyingKey::new(SM2_DISTID, public_key)
+            .map_err(|_| KeyError::Format("invalid SM2 public key".into()))?;
+        let fast = Sm2Verifier::new(SM2_DISTID, &public_key);
+        Ok(VerifyingKey::Sm2(Box::new(key), Arc::new(fast)))
     }
 
     fn p256(key: p256::ecdsa::VerifyingKey) -> VerifyingKey {
@@ -238,7 +267,7 @@ impl VerifyingKey {
         match self {
             VerifyingKey::Ed25519(_) => Alg::EdDSA,
             VerifyingKey::P256(..) => Alg::ES256,
-            VerifyingKey::Sm2(_) => Alg::SM2,
+            VerifyingKey::Sm2(..) => Alg::SM2,
             VerifyingKey::Rsa(_) => Alg::PS256,
         }
     }
@@ -247,7 +276,7 @@ impl VerifyingKey {
         let doc = match self {
             VerifyingKey::Ed25519(k) => k.to_public_key_der(),
             VerifyingKey::P256(k, _) => k.to_public_key_der(),
-            VerifyingKey::Sm2(k) => sm2::PublicKey::from_affine(*k.as_affine())
+            VerifyingKey::Sm2(k, _) => sm2::PublicKey::from_affine(*k.as_affine())
                 .expect("a verifying key holds a valid point")
                 .to_public_key_der(),
             VerifyingKey::Rsa(k) => k.as_ref().to_public_key_der(),
@@ -274,9 +303,7 @@ impl VerifyingKey {
             )
             .verify(msg, sig)
             .is_ok(),
-            VerifyingKey::Sm2(k) => {
-                sm2::dsa::Signature::from_slice(sig).is_ok_and(|s| k.verify(msg, &s).is_ok())
-            }
+            VerifyingKey::Sm2(_, fast) => fast.verify(msg, sig),
             VerifyingKey::Rsa(k) => {
                 rsa::pss::Signature::try_from(sig).is_ok_and(|s| k.verify(msg, &s).is_ok())
             }

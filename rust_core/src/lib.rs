@@ -11,6 +11,7 @@ pub mod cose;
 pub mod dcc;
 pub mod keys;
 pub mod seal;
+pub mod sm2_verify;
 pub mod trust;
 pub mod uscc;
 pub mod verdict;
