@@ -10,7 +10,11 @@ exec 9<"$0"
 flock 9
 
 # Debian packages the product and its tests need (services are started by the tests themselves).
-APT_PACKAGES=(build-essential pkg-config)
+APT_PACKAGES=(build-essential pkg-config
+  mosquitto mosquitto-clients          # the MQTT broker the agent and server tests talk to
+  cups-ipp-utils dbus-daemon           # ippeveprinter, a real IPP Everywhere printer (needs a D-Bus)
+  pcscd vsmartcard-vpcd vsmartcard-vpicc   # PC/SC daemon, virtual reader and card emulator
+  swig libpcsclite-dev)                # to build pyscard
 # Debian's own python3 needs python3-venv for `python3 -m venv` (a pyenv Python has it built in).
 python3 -c 'import ensurepip, venv' 2>/dev/null || APT_PACKAGES+=(python3-venv)
 missing=()
@@ -45,7 +49,7 @@ fi
 # install the project itself (the `fleet` command) in editable form.
 echo "setup: building rust_core (release) into $VENV"
 extras=()
-[ -f "$stamp.pending" ] && extras=(-E dev)
+[ -f "$stamp.pending" ] && extras=(-E dev,agent)
 VIRTUAL_ENV="$PWD/$VENV" PATH="$PWD/$VENV/bin:$PATH" \
   "$VENV/bin/maturin" develop --release --locked -q "${extras[@]}"
 if [ -f "$stamp.pending" ]; then mv "$stamp.pending" "$stamp"; fi
