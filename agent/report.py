@@ -56,6 +56,15 @@ def status(
     }
 
 
-def event(*, seq: int, kind: str, agent_version: str, ts: str | None = None, **data: Any) -> dict[str, Any]:
+def event(
+    *, seq: int, kind: str, agent_version: str, ts: str | None = None, **data: Any
+) -> dict[str, Any]:
     """A discrete event (`print_completed` with `serial`, `paper_refilled`, `device_error`, ...)."""
-    return {"v": SCHEMA_VERSION, "seq": seq, "ts": ts or utc_now(), "agent": agent_version, "event": kind, **data}
+    return {
+        "v": SCHEMA_VERSION,
+        "seq": seq,
+        "ts": ts or utc_now(),
+        "agent": agent_version,
+        "event": kind,
+        **data,
+    }
