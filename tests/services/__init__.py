@@ -1,0 +1,1 @@
+"""Real services started by the tests on loopback: Mosquitto, ippeveprinter, pcscd + vpcd."""
