@@ -14,7 +14,8 @@ APT_PACKAGES=(build-essential pkg-config
   mosquitto mosquitto-clients          # the MQTT broker the agent and server tests talk to
   cups-ipp-utils dbus-daemon           # ippeveprinter, a real IPP Everywhere printer (needs a D-Bus)
   pcscd vsmartcard-vpcd vsmartcard-vpicc   # PC/SC daemon, virtual reader and card emulator
-  swig libpcsclite-dev)                # to build pyscard
+  swig libpcsclite-dev                 # to build pyscard
+  postgresql)                          # the server's tests run on SQLite and on a real PostgreSQL
 # Debian's own python3 needs python3-venv for `python3 -m venv` (a pyenv Python has it built in).
 python3 -c 'import ensurepip, venv' 2>/dev/null || APT_PACKAGES+=(python3-venv)
 missing=()
@@ -49,7 +50,7 @@ fi
 # install the project itself (the `fleet` command) in editable form.
 echo "setup: building rust_core (release) into $VENV"
 extras=()
-[ -f "$stamp.pending" ] && extras=(-E dev,agent)
+[ -f "$stamp.pending" ] && extras=(-E dev,agent,server)
 VIRTUAL_ENV="$PWD/$VENV" PATH="$PWD/$VENV/bin:$PATH" \
   "$VENV/bin/maturin" develop --release --locked -q "${extras[@]}"
 if [ -f "$stamp.pending" ]; then mv "$stamp.pending" "$stamp"; fi
