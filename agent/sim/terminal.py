@@ -1,0 +1,186 @@
+"""One simulated terminal: its devices, the staff who look after it, and what it publishes.
+
+No networking here: `tick()` returns the messages to publish, so the logic is tested without a
+broker and the event loop (agent/sim/pool.py) stays about sockets. Payloads come from
+agent/report.py, the same builders the real agent uses.
+
+Two clocks: `now` (real monotonic seconds) schedules reports; the devices and the staff run on the
+model clock, which a demo may speed up (`--time-scale`) so paper runs out within minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from agent import report
+from agent.drivers.base import (
+    DriverError,
+    PrinterStatus,
+    ReaderStatus,
+    offline_printer,
+)
+from agent.drivers.simulated import Clock, SimulatedPrinter, SimulatedReader
+from agent.sim.sites import TerminalSpec
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: bytes
+    retain: bool = False
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """What every simulated terminal shares; delays are model-clock seconds (min, max)."""
+
+    status_interval_s: float = 10.0
+    capacity: int = 500
+    sheets_per_licence: int = 1
+    prints_per_hour: float = 20.0
+    jam_rate: float = 0.002
+    card_rate: float = 0.0
+    agent_version: str = "0.1.0"
+    #: Staff come to an empty tray within this window, and to a low one on their daily round.
+    refill_empty_s: tuple[float, float] = (900.0, 3600.0)
+    refill_low_s: tuple[float, float] = (3600.0, 6 * 3600.0)
+    clear_jam_s: tuple[float, float] = (300.0, 1800.0)
+
+
+def _encode(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class SimTerminal:
+    def __init__(self, spec: TerminalSpec, behaviour: Behaviour, seed: int, clock: Clock) -> None:
+        self.spec = spec
+        self.id = spec.terminal_id
+        self.b = behaviour
+        self._rng = random.Random(seed)
+        self._clock = clock
+        cap = behaviour.capacity
+        self.printer = SimulatedPrinter(
+            capacity=cap,
+            sheets_per_licence=behaviour.sheets_per_licence,
+            prints_per_hour=behaviour.prints_per_hour,
+            jam_rate=behaviour.jam_rate,
+            # A fleet in mid-life: trays anywhere between a tenth and full.
+            start_sheets=self._rng.randint(cap // 10, cap),
+            seed=self._rng.getrandbits(64),
+            clock=clock,
+        )
+        self.reader = SimulatedReader(
+            card_rate=behaviour.card_rate, seed=self._rng.getrandbits(64), clock=clock
+        )
+        self.status_seq = 0
+        self.event_seq = 0
+        self.next_report: float | None = None
+        self._topics = {k: report.topic(self.id, k) for k in ("presence", "status", "event")}
+        self._boot = clock() - self._rng.uniform(3600.0, 30 * 86400.0)
+        self._disk_free_mb = self._rng.randint(3000, 20000)
+        self._last_key: tuple[str, tuple[str, ...], str] | None = None
+        self._refill_at: float | None = None
+        self._clear_at: float | None = None
+
+    # -- messages ------------------------------------------------------------------------------
+
+    def presence(self, online: bool) -> Message:
+        """Retained presence; the site rides along so a server can group terminals by site."""
+        body = report.presence(online, self.b.agent_version)
+        body["site"] = self.spec.site.to_json()
+        return Message(self._topics["presence"], _encode(body), retain=True)
+
+    def _event(self, kind: str, **data: Any) -> Message:
+        # Events count in their own sequence: status `seq` must have no gaps for the server.
+        self.event_seq += 1
+        body = report.event(
+            seq=self.event_seq, kind=kind, agent_version=self.b.agent_version, **data
+        )
+        return Message(self._topics["event"], _encode(body))
+
+    def _status(self, printer: PrinterStatus, reader: ReaderStatus) -> Message:
+        self.status_seq += 1
+        body = report.status(
+            seq=self.status_seq,
+            agent_version=self.b.agent_version,
+            printer=printer,
+            reader=reader,
+            host={"uptime_s": int(self._clock() - self._boot), "disk_free_mb": self._disk_free_mb},
+        )
+        return Message(self._topics["status"], _encode(body))
+
+    # -- behaviour -----------------------------------------------------------------------------
+
+    def on_connect(self, now: float) -> None:
+        """(Re)connected: the first report comes at a random point of the first interval, so
+        thousands of terminals connecting together do not all report in the same instant."""
+        self.next_report = now + self._rng.uniform(0.0, self.b.status_interval_s)
+
+    def _read(self) -> tuple[PrinterStatus, ReaderStatus]:
+        try:
+            printer = self.printer.read()
+        except DriverError:
+            printer = offline_printer("sim")
+        try:
+            reader = self.reader.read()
+        except DriverError as e:
+            reader = ReaderStatus(driver="sim", state="offline", detail=e.message)
+        return printer, reader
+
+    def _staff(self, printer: PrinterStatus, out: list[Message]) -> bool:
+        """Staff fix what they were called for once its time has come; True when they acted."""
+        mnow = self._clock()
+        acted = False
+        if self._clear_at is not None and mnow >= self._clear_at:
+            self._clear_at = None
+            self.printer.clear_jam()
+            acted = True
+        if self._refill_at is not None and mnow >= self._refill_at:
+            self._refill_at = None
+            added = self.printer.refill()
+            out.append(
+                self._event("paper_refilled", sheets_added=added, capacity=self.printer.capacity)
+            )
+            acted = True
+        return acted
+
+    def _call_staff(self, printer: PrinterStatus) -> None:
+        mnow = self._clock()
+        rng = self._rng
+        if "media-jam" in printer.reasons and self._clear_at is None:
+            self._clear_at = mnow + rng.uniform(*self.b.clear_jam_s)
+        if "media-empty" in printer.reasons:
+            soon = mnow + rng.uniform(*self.b.refill_empty_s)
+            self._refill_at = soon if self._refill_at is None else min(self._refill_at, soon)
+        elif "media-low" in printer.reasons and self._refill_at is None:
+            self._refill_at = mnow + rng.uniform(*self.b.refill_low_s)
+
+    def tick(self, now: float) -> list[Message]:
+        """Read the devices; return the events and, when due or changed, a status report."""
+        out: list[Message] = []
+        printer, reader = self._read()
+        if self._staff(printer, out):
+            printer, reader = self._read()
+        for _ in range(self.printer.take_completed()):
+            out.append(self._event("print_completed", serial=f"{self._rng.getrandbits(128):032x}"))
+        self._call_staff(printer)
+        # A change is a state or reason change; sheet counts move with every print and ride on
+        # the periodic report, or every licence printed would cost a report.
+        key = (printer.state, printer.reasons, reader.state)
+        changed = self._last_key is not None and key != self._last_key
+        was_jammed = self._last_key is not None and "media-jam" in self._last_key[1]
+        if "media-jam" in printer.reasons and not was_jammed:
+            out.append(self._event("device_error", device="printer", reason="media-jam"))
+        self._last_key = key
+        due = self.next_report is not None and now >= self.next_report
+        if changed or due:
+            out.append(self._status(printer, reader))
+        if due and self.next_report is not None:
+            self.next_report += self.b.status_interval_s
+            if self.next_report <= now:
+                # Fell a whole interval behind (a stalled host): skip ahead, never burst.
+                self.next_report = now + self.b.status_interval_s
+        return out
