@@ -1,0 +1,63 @@
+"""`fleet-agent`: the terminal agent's command line.
+
+    fleet-agent run --config agent.toml            run until SIGTERM
+    fleet-agent check-config --config agent.toml   validate the file and the driver settings
+
+Exit status: 0 clean stop (or a valid config), 1 runtime failure (data dir, outbox, another
+instance running), 2 bad usage or a bad config -- which is printed as one line naming the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from agent import config
+from agent.drivers import factory
+from agent.service import EXIT_CONFIG, EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fleet-agent", description="Kiosk fleet terminal agent")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="report device status to the fleet until stopped")
+    run.add_argument("--config", required=True, metavar="FILE", help="agent.toml")
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("--config", required=True, metavar="FILE", help="agent.toml")
+    return p
+
+
+def load_checked(path: str) -> config.AgentConfig:
+    """The config, with each device table checked against its driver's signature."""
+    cfg = config.load(path)
+    for section, dev in (("printer", cfg.printer), ("reader", cfg.reader)):
+        if dev is not None:
+            factory.check(dev, section, source=cfg.source)
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = load_checked(args.config)
+    except config.ConfigError as e:
+        print(f"fleet-agent: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check-config":
+        devices = ", ".join(
+            f"{name} {dev.driver}"
+            for name, dev in (("printer", cfg.printer), ("reader", cfg.reader))
+            if dev is not None
+        )
+        print(
+            f"{cfg.source}: OK (terminal {cfg.terminal_id}, broker {cfg.broker.url}, "
+            f"{devices or 'no devices'})"
+        )
+        return EXIT_OK
+    from agent import service  # the MQTT stack only when running
+
+    return service.run(cfg)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
