@@ -75,8 +75,9 @@ class SimTerminal:
         self.reader = SimulatedReader(
             card_rate=behaviour.card_rate, seed=self._rng.getrandbits(64), clock=clock
         )
-        self.status_seq = 0
-        self.event_seq = 0
+        # One seq for status reports and events alike, as the agent's outbox allocates it: the
+        # server deduplicates and finds gaps by (terminal, seq) across both topics.
+        self.seq = 0
         self.next_report: float | None = None
         self._topics = {k: report.topic(self.id, k) for k in ("presence", "status", "event")}
         self._boot = clock() - self._rng.uniform(3600.0, 30 * 86400.0)
@@ -94,17 +95,14 @@ class SimTerminal:
         return Message(self._topics["presence"], _encode(body), retain=True)
 
     def _event(self, kind: str, **data: Any) -> Message:
-        # Events count in their own sequence: status `seq` must have no gaps for the server.
-        self.event_seq += 1
-        body = report.event(
-            seq=self.event_seq, kind=kind, agent_version=self.b.agent_version, **data
-        )
+        self.seq += 1
+        body = report.event(seq=self.seq, kind=kind, agent_version=self.b.agent_version, **data)
         return Message(self._topics["event"], _encode(body))
 
     def _status(self, printer: PrinterStatus, reader: ReaderStatus) -> Message:
-        self.status_seq += 1
+        self.seq += 1
         body = report.status(
-            seq=self.status_seq,
+            seq=self.seq,
             agent_version=self.b.agent_version,
             printer=printer,
             reader=reader,

@@ -151,13 +151,17 @@ def test_every_terminal_connects_reports_in_sequence_and_leaves_a_will(
         sites = {t: body["site"]["id"] for t, body, _ in online}
         assert sites["WH-HALL-01"] == "WH-HALL"
 
-        # Statuses arrive in order per terminal, seq counting up by one from 1.
+        # Statuses arrive in order per terminal; with the events they count up by one from 1
+        # (the two topics share one seq, as the agent's outbox allocates it).
         seqs: dict[str, list[int]] = {t: [] for t in IDS}
         for t, body, _ in sub.received.of("status"):
             assert body["v"] == 1 and body["printer"]["driver"] == "sim"
             seqs[t].append(body["seq"])
         for t, got in seqs.items():
-            assert got == list(range(1, len(got) + 1)), t
+            assert got == sorted(got), t
+            # One connection delivers in order, so what arrived so far is a prefix: no gap.
+            merged = sorted(got + [b["seq"] for e, b, _ in sub.received.of("event") if e == t])
+            assert merged == list(range(1, len(merged) + 1)), t
 
         # A late subscriber gets every terminal's retained presence: online.
         late = Subscriber(broker.port)
@@ -253,8 +257,8 @@ def test_terminals_come_back_after_a_broker_restart(broker: mosquitto.Broker) ->
         for t, body, _ in sub.received.of("status"):
             seqs[t].append(body["seq"])
         for t, got in seqs.items():
-            # seq carries on from before the outage: nothing restarts at 1.
-            assert got[0] > 1 and got == list(range(got[0], got[0] + len(got))), t
+            # seq carries on from before the outage (nothing restarts at 1) and only increases.
+            assert got[0] > 1 and got == sorted(set(got)), t
         out, _ = stop(proc, signal.SIGTERM)
         summary = json.loads(out.strip().splitlines()[-1])
         assert summary["disconnects"] == N and summary["connects"] == 2 * N

@@ -181,7 +181,9 @@ def test_change_is_reported_at_once_and_staff_clear_the_jam() -> None:
     assert t.tick(3.0) == []  # no change, no report
     clock.t += 1800.0  # staff come within half an hour
     [status] = decode(t.tick(4.0), "status")
-    assert status["printer"]["state"] == "idle" and status["seq"] == 2
+    # Status reports and events share one seq: the report after the jam's status and event is 3.
+    assert sorted(m["seq"] for m in decode(out, "status") + decode(out, "event")) == [1, 2]
+    assert status["printer"]["state"] == "idle" and status["seq"] == 3
 
 
 def test_prints_become_events_and_an_empty_tray_is_refilled() -> None:
@@ -194,8 +196,10 @@ def test_prints_become_events_and_an_empty_tray_is_refilled() -> None:
     out = t.tick(1.0)
     prints = [e for e in decode(out, "event") if e["event"] == "print_completed"]
     assert prints and all(len(e["serial"]) == 32 for e in prints)
-    assert [e["seq"] for e in decode(out, "event")] == list(range(1, len(prints) + 1))
     [status] = decode(out, "status")
+    # One seq across events and the status report, counting up by one from 1.
+    all_seqs = sorted(m["seq"] for m in [*decode(out, "event"), status])
+    assert all_seqs == list(range(1, len(all_seqs) + 1))
     assert status["printer"]["reasons"] == ["media-empty"]
     clock.t += 3600.0  # the empty tray is refilled within the hour
     out = t.tick(2.0)
