@@ -220,6 +220,8 @@ def test_sigterm_leaves_cleanly_with_presence_offline(broker: mosquitto.Broker) 
     proc = start_sim(broker, "--password-template", "pw-{id}")
     try:
         wait_for(lambda: len(sub.received.latest_presence()) == N, 30, "every terminal online")
+        # The first reports go out at a random point of the first interval: wait for one.
+        wait_for(lambda: bool(sub.received.of("status")), 10, "a first status report")
         out, err = stop(proc, signal.SIGTERM)
         assert proc.returncode == 0, err
         summary = json.loads(out.strip().splitlines()[-1])
