@@ -1,0 +1,1 @@
+"""The fleet server: MQTT ingest, storage, alerts, REST API and metrics (`fleet serve`)."""
