@@ -115,7 +115,7 @@ def parse(
     """Validate an already-parsed document (relative paths resolve against `base_dir`)."""
     t = _Table(doc, source, "", base_dir)
     terminal_id = t.string("terminal_id")
-    if not TERMINAL_ID.match(terminal_id):
+    if not TERMINAL_ID.fullmatch(terminal_id):
         t.fail("terminal_id", f"{terminal_id!r} does not match {TERMINAL_ID.pattern}")
     cfg = AgentConfig(
         source=source,

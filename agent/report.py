@@ -20,7 +20,7 @@ EVENT_KINDS = ("print_completed", "paper_refilled", "device_error")
 
 def topic(terminal_id: str, kind: str) -> str:
     """`fleet/v1/t/{id}/{kind}` for kind in presence, status, event, desired, reported, cmd."""
-    if not TERMINAL_ID.match(terminal_id):
+    if not TERMINAL_ID.fullmatch(terminal_id):
         raise ValueError(f"terminal id {terminal_id!r} does not match {TERMINAL_ID.pattern}")
     return f"{TOPIC_ROOT}/{terminal_id}/{kind}"
 

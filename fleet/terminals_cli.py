@@ -1,0 +1,129 @@
+"""`fleet terminals add`: give a terminal its MQTT user and write the agent.toml for the kiosk.
+
+With the server's own broker (no broker URL configured) the user goes into the broker's password
+file under the server's data dir, and a running broker rereads it before the command returns.
+With an external broker the command writes the config and says which user to create there.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fleet.cli_common import CliError, warn, write_atomic
+from fleet.server.broker_files import BROKER_SUBDIR, BrokerError, BrokerFiles
+from fleet.server.provisioning import (
+    CONFIG_KEY_PLACEHOLDER,
+    MODEL_DRIVERS,
+    ProvisioningError,
+    UserRegistry,
+    provision_terminal,
+)
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("terminals", help="provision kiosk terminals")
+    t_sub = p.add_subparsers(dest="terminals_command", required=True, metavar="COMMAND")
+    add = t_sub.add_parser(
+        "add",
+        help="create a terminal's MQTT credentials and write its agent.toml",
+        description="Create the terminal's MQTT user (username = terminal id, a random "
+        "password) and write the agent config to install on the kiosk (mode 0600: it holds "
+        "the password). Known hardware models: "
+        + ", ".join(MODEL_DRIVERS)
+        + "; any other model gets simulated devices.",
+    )
+    add.add_argument("terminal_id", metavar="ID", help="terminal id, e.g. WH-HALL-01")
+    add.add_argument("--site", required=True, help="site id the terminal stands at")
+    add.add_argument("--model", required=True, help="hardware model name")
+    add.add_argument(
+        "--broker-url",
+        help="broker URL the kiosk connects to (default: the configured broker URL, else "
+        "the server's own broker's listener)",
+    )
+    add.add_argument("--out", metavar="agent.toml", help="write here instead of stdout")
+    add.add_argument("--force", action="store_true", help="replace an existing --out file")
+    add.add_argument(
+        "--config-key",
+        default=CONFIG_KEY_PLACEHOLDER,
+        metavar="PATH",
+        help=f"path of the fleet's config-signing public key on the kiosk "
+        f"(default {CONFIG_KEY_PLACEHOLDER})",
+    )
+    add.add_argument(
+        "--no-config-key", action="store_true", help="leave config_public_key commented out"
+    )
+    add.add_argument(
+        "--data-dir",
+        type=Path,
+        help="the server's data dir (default: from the server settings, FLEET_DATA_DIR)",
+    )
+    add.add_argument("--config", metavar="FILE", help="server settings file (.toml or .env)")
+    add.set_defaults(func=run_add)
+
+
+def run_add(args: argparse.Namespace) -> int:
+    data_dir, configured_url = _server_side(args)
+    files: BrokerFiles | None = None
+    if configured_url is None:
+        files = BrokerFiles(data_dir / BROKER_SUBDIR)
+        if not files.passwd_file.exists():
+            raise CliError(
+                f"no broker password file in {files.dir}: start `fleet serve` once "
+                "(it creates the broker's files), or give --data-dir"
+            )
+    broker_url = args.broker_url or configured_url
+    if broker_url is None:
+        assert files is not None
+        try:
+            host, port = files.listener()
+        except BrokerError as e:
+            raise CliError(str(e)) from None
+        broker_url = f"mqtt://{host}:{port}"
+    if args.out is not None and not args.force and Path(args.out).exists():
+        raise CliError(f"{args.out!r} already exists (use --force to replace it)")
+    registry: UserRegistry | None = files
+    try:
+        text, _password = provision_terminal(
+            args.terminal_id,
+            args.site,
+            args.model,
+            broker_url,
+            registry,
+            None if args.no_config_key else args.config_key,
+            # HOOK: the database registration (Terminal row) is wired here once the server's
+            # models land; until then the terminal appears when it first reports.
+            register=None,
+        )
+    except (ProvisioningError, BrokerError) as e:
+        raise CliError(str(e)) from None
+    if args.out is None:
+        print(text, end="")
+    else:
+        write_atomic(args.out, text.encode(), private=True, overwrite=args.force)
+        warn(f"fleet terminals: wrote {args.out!r} (mode 0600) for terminal {args.terminal_id}")
+    if files is None:
+        warn(
+            f"fleet terminals: the broker is external: create MQTT user {args.terminal_id!r} "
+            "there with the password in the config file"
+        )
+    if args.model.strip().lower() not in {m.lower() for m in MODEL_DRIVERS}:
+        warn(f"fleet terminals: unknown model {args.model!r}: the config uses simulated devices")
+    return 0
+
+
+def _server_side(args: argparse.Namespace) -> tuple[Path, str | None]:
+    """(data dir, configured broker URL or None for the server's own broker)."""
+    if args.data_dir is not None and args.config is None:
+        # Enough to find the broker's files; no need for the server's secrets here.
+        return args.data_dir, None
+    from pydantic import ValidationError
+
+    from fleet.server.settings import load_settings
+
+    try:
+        settings = load_settings(args.config)
+    except (ValidationError, FileNotFoundError, ValueError) as e:
+        raise CliError(f"server settings: {e}") from None
+    data_dir = args.data_dir if args.data_dir is not None else settings.data_dir
+    return data_dir, settings.broker_url
