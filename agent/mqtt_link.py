@@ -162,11 +162,11 @@ class MqttLink:
         c.on_publish = self._on_publish
         c.on_message = self._on_message
         # The Will is fixed at CONNECT time, so its ts is that of the connection it guards.
-        c.will_set(self._presence_topic, self._presence(False), qos=1, retain=True)
+        c.will_set(self._presence_topic, self._presence(False, "will"), qos=1, retain=True)
         return c
 
-    def _presence(self, online: bool) -> bytes:
-        payload = report.presence(online, self.agent_version)
+    def _presence(self, online: bool, reason: str | None = None) -> bytes:
+        payload = report.presence(online, self.agent_version, reason=reason)
         return json.dumps(payload, separators=(",", ":")).encode()
 
     # -- the loop ------------------------------------------------------------------------------
@@ -465,7 +465,9 @@ class MqttLink:
             self._settle()
             if self.connected and not self._is_refused(self._presence_topic):
                 self._presence_acked.clear()
-                info = c.publish(self._presence_topic, self._presence(False), qos=1, retain=True)
+                info = c.publish(
+                    self._presence_topic, self._presence(False, "clean"), qos=1, retain=True
+                )
                 self._presence_mid = info.mid
                 # Give the goodbye a second even when the flush used up the deadline.
                 deadline = max(self._flush_deadline, time.monotonic() + 1.0)

@@ -29,8 +29,14 @@ def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def presence(online: bool, agent_version: str, ts: str | None = None) -> dict[str, Any]:
-    return {"v": SCHEMA_VERSION, "online": online, "ts": ts or utc_now(), "agent": agent_version}
+def presence(
+    online: bool, agent_version: str, ts: str | None = None, reason: str | None = None
+) -> dict[str, Any]:
+    """Presence; an offline one says why: "will" (the Last Will) or "clean" (a stop)."""
+    out = {"v": SCHEMA_VERSION, "online": online, "ts": ts or utc_now(), "agent": agent_version}
+    if reason is not None:
+        out["reason"] = reason
+    return out
 
 
 def status(

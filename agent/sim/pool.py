@@ -135,7 +135,7 @@ class Pool:
         conn = Conn(index, term, client)
         client.user_data_set(conn)
         client.username_pw_set(term.id, password)
-        will = term.presence(online=False)
+        will = term.presence(online=False, reason="will")
         client.will_set(will.topic, will.payload, qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -375,7 +375,7 @@ class Pool:
         self.stopping = True
         for conn in self.conns:
             if conn.state == CONNECTED:
-                self._publish(conn, conn.term.presence(online=False))
+                self._publish(conn, conn.term.presence(online=False, reason="clean"))
             if conn.state in (CONNECTED, CONNECTING):
                 conn.client.disconnect()
                 self._sync_write(conn)

@@ -88,9 +88,9 @@ class SimTerminal:
 
     # -- messages ------------------------------------------------------------------------------
 
-    def presence(self, online: bool) -> Message:
+    def presence(self, online: bool, reason: str | None = None) -> Message:
         """Retained presence; the site rides along so a server can group terminals by site."""
-        body = report.presence(online, self.b.agent_version)
+        body = report.presence(online, self.b.agent_version, reason=reason)
         body["site"] = self.spec.site.to_json()
         return Message(self._topics["presence"], _encode(body), retain=True)
 

@@ -1,0 +1,191 @@
+"""Online/offline per terminal: the retained presence topic, the Last Will, a heartbeat timeout.
+
+Pure logic with an injected clock: every call takes `now` (seconds, the server's clock) and
+returns the transitions it caused; `tick(now)` finds the timeouts. Nothing here does I/O.
+
+Signals
+- Alive: an `online:true` presence, or any message carrying a seq (status, event) -- anything a
+  live agent sent. `alive()` is the entry point for the latter.
+- Down, with a reason:
+  * `timeout`: nothing alive for `timeout_intervals` x the terminal's status interval
+    (default 3 x 30 s);
+  * `clean` / `will`: an `online:false` presence. The agent (agent/mqtt_link.py) sends the same
+    payload for both: a clean shutdown publishes `online:false` itself, and its Last Will is the
+    same `online:false` -- but the Will is built just *before* connecting, so its `ts` is not
+    later than the `online:true` that the agent publishes on CONNACK; a clean goodbye is built at
+    shutdown, after it. Rule: an explicit `"reason": "clean" | "will"` field in the payload wins
+    (an added field the agent may send); otherwise `ts` later than the last `online:true` `ts`
+    seen from that terminal means `clean`, and anything else (not later, or no online seen
+    since the server started) means `will`. Both ts come from the agent's clock, so the server's
+    clock does not enter into it. Timestamps have one-second resolution: an agent stopped within
+    the second it connected is recorded as `will` -- the safe side for an operator.
+
+Hysteresis (so a flaky link does not flap)
+- Going offline is reported at once, with the reason of the first down signal; further down
+  signals while offline change nothing.
+- Coming back online is reported at max(first alive signal after the *latest* down signal,
+  latest down signal + `hold_s`), and only if no down signal came in between. So a link that
+  drops and comes back within `hold_s` yields one offline and, once it has stayed up for
+  `hold_s`, one online -- never a burst. A terminal first seen alive is online at once.
+- Pending online is confirmed by `tick()` when the hold ends, or at once by an alive signal
+  arriving after it; if the terminal times out meanwhile, the pending online is dropped.
+
+A server restart: `restore()` the state from the DB; a terminal restored as online is given a full
+timeout from the restore time, so queued messages can drain before anyone is called offline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+OfflineReason = Literal["clean", "will", "timeout"]
+_EXPLICIT: frozenset[str] = frozenset({"clean", "will"})
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    terminal: str
+    online: bool
+    #: Why it went offline; None for online.
+    reason: OfflineReason | None
+    at: float
+
+
+class _State:
+    __slots__ = ("last_alive", "last_down", "online", "online_ts", "reason", "up_since")
+
+    def __init__(self) -> None:
+        self.online: bool | None = None  # what was last reported
+        self.reason: OfflineReason | None = None
+        self.last_alive: float | None = None
+        self.last_down: float | None = None
+        #: First alive signal since the latest down signal; None while the link is down.
+        self.up_since: float | None = None
+        self.online_ts: datetime | None = None  # agent ts of the latest online:true
+
+
+class PresenceTracker:
+    def __init__(
+        self,
+        *,
+        status_interval_s: float = 30.0,
+        timeout_intervals: float = 3.0,
+        hold_s: float = 30.0,
+    ) -> None:
+        self.status_interval_s = status_interval_s
+        self.timeout_intervals = timeout_intervals
+        self.hold_s = hold_s
+        self._states: dict[str, _State] = {}
+        self._intervals: dict[str, float] = {}
+
+    # -- configuration and state ------------------------------------------------------------
+
+    def set_interval(self, terminal: str, status_interval_s: float) -> None:
+        """This terminal reports every `status_interval_s` (its pushed config says so)."""
+        self._intervals[terminal] = status_interval_s
+
+    def timeout_s(self, terminal: str) -> float:
+        return self.timeout_intervals * self._intervals.get(terminal, self.status_interval_s)
+
+    def is_online(self, terminal: str) -> bool | None:
+        s = self._states.get(terminal)
+        return s.online if s else None
+
+    def reason(self, terminal: str) -> OfflineReason | None:
+        s = self._states.get(terminal)
+        return s.reason if s else None
+
+    def restore(
+        self,
+        terminal: str,
+        *,
+        online: bool,
+        reason: OfflineReason | None,
+        now: float,
+        changed_at: float | None = None,
+    ) -> None:
+        """Start from the DB's view (see the module docstring for the grace on restart)."""
+        s = self._states.setdefault(terminal, _State())
+        s.online, s.reason = online, (None if online else reason)
+        if online:
+            s.last_alive = s.up_since = now
+        else:
+            s.last_down = changed_at if changed_at is not None else now
+            s.up_since = None
+
+    # -- signals ---------------------------------------------------------------------------
+
+    def presence(
+        self,
+        terminal: str,
+        *,
+        online: bool,
+        ts: datetime,
+        now: float,
+        reason: str | None = None,
+    ) -> list[Transition]:
+        """A message on the presence topic (retained ones included)."""
+        s = self._states.setdefault(terminal, _State())
+        if online:
+            if s.online_ts is None or ts > s.online_ts:
+                s.online_ts = ts
+            return self._alive(terminal, s, now)
+        why: OfflineReason
+        if reason in _EXPLICIT:
+            why = "clean" if reason == "clean" else "will"
+        elif s.online_ts is not None and ts > s.online_ts:
+            why = "clean"
+        else:
+            why = "will"
+        return self._down(terminal, s, now, why)
+
+    def alive(self, terminal: str, now: float) -> list[Transition]:
+        """A status report, event or other message from the terminal arrived."""
+        return self._alive(terminal, self._states.setdefault(terminal, _State()), now)
+
+    def tick(self, now: float) -> list[Transition]:
+        out: list[Transition] = []
+        for terminal, s in self._states.items():
+            out.extend(self._check(terminal, s, now))
+        return out
+
+    def terminals(self) -> Iterable[str]:
+        return self._states.keys()
+
+    # -- the rules -------------------------------------------------------------------------
+
+    def _alive(self, terminal: str, s: _State, now: float) -> list[Transition]:
+        s.last_alive = now
+        if s.up_since is None:
+            s.up_since = now
+        if s.online is None or (s.online is False and self._hold_over(s, now)):
+            return [self._report(terminal, s, True, None, now)]
+        return []
+
+    def _down(self, terminal: str, s: _State, now: float, why: OfflineReason) -> list[Transition]:
+        s.last_down = now
+        s.up_since = None
+        if s.online is False:
+            return []  # already offline: keep the first reason, do not flap
+        return [self._report(terminal, s, False, why, now)]
+
+    def _check(self, terminal: str, s: _State, now: float) -> list[Transition]:
+        if s.up_since is not None and s.last_alive is not None:
+            if now - s.last_alive > self.timeout_s(terminal):
+                return self._down(terminal, s, now, "timeout")
+            if s.online is False and self._hold_over(s, now):
+                return [self._report(terminal, s, True, None, now)]
+        return []
+
+    def _hold_over(self, s: _State, now: float) -> bool:
+        return s.last_down is None or now - s.last_down >= self.hold_s
+
+    @staticmethod
+    def _report(
+        terminal: str, s: _State, online: bool, why: OfflineReason | None, now: float
+    ) -> Transition:
+        s.online, s.reason = online, why
+        return Transition(terminal, online, why, now)
