@@ -11,7 +11,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from fleet import demo, keys_cli, sign_cli, terminals_cli, verify_cli
+from fleet import (
+    demo,
+    keys_cli,
+    sign_cli,
+    terminals_cli,
+    tokens_cli,
+    verify_cli,
+)
 from fleet.cli_common import EXIT_USAGE, CliError
 
 
@@ -27,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     sign_cli.add_parsers(sub)
     demo.add_parser(sub)
     terminals_cli.add_parser(sub)
+    tokens_cli.add_parser(sub)
     return parser
 
 

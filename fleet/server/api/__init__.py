@@ -1,0 +1,78 @@
+"""The fleet server's REST API (DESIGN.md "REST API (v1)"): `create_app` builds the ASGI app.
+
+The database is opened in the app's lifespan, then each lifespan hook is entered in order and
+left in reverse, before the database closes. A hook is how the ingest (or any background job)
+runs beside the API and shares its context:
+
+    @asynccontextmanager
+    async def run_ingest(ctx: AppContext) -> AsyncIterator[None]:
+        ingest = Ingest(ctx.settings, bus=ctx.bus, metrics=ctx.metrics)
+        await ingest.start()
+        ctx.ingest_ready = ingest.connected          # /healthz readiness
+        ctx.alert_engine = ingest.alert_engine      # so an ack reaches the in-memory state
+        try:
+            yield
+        finally:
+            await ingest.stop()
+
+    app = create_app(settings, hooks=[run_ingest])
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+
+from fleet.server.api.context import AppContext
+from fleet.server.api.routes import alerts, events, health, metrics, refill, terminals
+from fleet.server.api.schemas import ErrorBody
+from fleet.server.db import close_db, init_db
+from fleet.server.settings import Settings
+
+LifespanHook = Callable[[AppContext], AbstractAsyncContextManager[None]]
+
+__all__ = ["AppContext", "LifespanHook", "create_app"]
+
+
+def create_app(
+    settings: Settings,
+    *,
+    hooks: Sequence[LifespanHook] = (),
+    manage_db: bool = True,
+    context: AppContext | None = None,
+) -> FastAPI:
+    """The API app. `manage_db=False` when the caller has opened the database itself (tests)."""
+    ctx = context if context is not None else AppContext(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            if manage_db:
+                await init_db(settings.database_url)
+                stack.push_async_callback(close_db)
+            for hook in hooks:
+                await stack.enter_async_context(hook(ctx))
+            yield
+
+    app = FastAPI(
+        title="Kiosk fleet API",
+        version="1",
+        description="Fleet state, alerts and the refill round for self-service licence kiosks.",
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    v1 = APIRouter(
+        prefix="/api/v1",
+        responses={
+            401: {"model": ErrorBody, "description": "missing, unknown or revoked token"},
+            403: {"model": ErrorBody, "description": "the token's role may not do this"},
+        },
+    )
+    for module in (terminals, alerts, refill, events):
+        v1.include_router(module.router)
+    app.include_router(v1)
+    app.include_router(health.router)
+    app.include_router(metrics.router)
+    return app

@@ -1,0 +1,198 @@
+"""The fleet server's tables (Tortoise ORM). The same models and migrations serve SQLite and
+PostgreSQL; nothing here may rely on one backend's features.
+
+Times are stored timezone-aware in UTC. History tables use 64-bit ids: a fleet of 1,000
+terminals reporting every 30 s writes about a billion samples in a year.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+from tortoise import fields
+from tortoise.models import Model
+from tortoise.validators import RegexValidator
+
+# The first line of a model docstring must not contain ";": Tortoise 1.1 copies it into a
+# table comment, and its SQLite migrations then split the CREATE TABLE there.
+
+#: DESIGN.md's terminal id: also an MQTT topic level and a broker user name.
+TERMINAL_ID_RE = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+
+
+class SiteKind(StrEnum):
+    HALL = "hall"
+    STREET = "street"
+    COMMUNITY = "community"
+
+
+class PresenceReason(StrEnum):
+    CLEAN = "clean"  # the agent published online:false itself
+    WILL = "will"  # the broker published the agent's Last Will
+    TIMEOUT = "timeout"  # no report for heartbeat_intervals status intervals
+
+
+class Role(StrEnum):
+    OPERATOR = "operator"
+    AUDITOR = "auditor"
+    ADMIN = "admin"
+
+
+class Site(Model):
+    id = fields.CharField(primary_key=True, max_length=64)
+    name = fields.CharField(max_length=200)
+    kind = fields.CharEnumField(SiteKind, max_length=16)
+
+    terminals: fields.ReverseRelation[Terminal]
+
+    class Meta:
+        table = "site"
+
+
+class Terminal(Model):
+    """A registered kiosk, with its latest state copied in so the fleet list is one query."""
+
+    id = fields.CharField(
+        primary_key=True, max_length=64, validators=[RegexValidator(TERMINAL_ID_RE, re.ASCII)]
+    )
+    site: fields.ForeignKeyRelation[Site] = fields.ForeignKeyField(
+        "fleet.Site", related_name="terminals", on_delete=fields.RESTRICT
+    )
+    site_id: str
+    model = fields.CharField(max_length=64)  # hardware model, a firmware_configs/ name
+    tags = fields.JSONField[list[str]](default=list)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    mqtt_username = fields.CharField(max_length=64, unique=True)
+
+    online = fields.BooleanField(default=False)
+    presence_reason = fields.CharEnumField(PresenceReason, max_length=16, null=True)
+    presence_changed_at = fields.DatetimeField(null=True)
+    last_seen = fields.DatetimeField(null=True)
+    last_seq = fields.BigIntField(null=True)
+    agent_version = fields.CharField(max_length=32, null=True)
+    printer_state = fields.CharField(max_length=16, null=True)
+    paper_pct = fields.SmallIntField(null=True)
+    reader_state = fields.CharField(max_length=16, null=True)
+    status = fields.JSONField[dict[str, object]](null=True)  # the last full report
+
+    class Meta:
+        table = "terminal"
+
+
+class StatusSample(Model):
+    """One status report kept for history. Older samples are thinned out (downsampled)."""
+
+    id = fields.BigIntField(primary_key=True)
+    terminal: fields.ForeignKeyRelation[Terminal] = fields.ForeignKeyField(
+        "fleet.Terminal", related_name="samples", on_delete=fields.CASCADE
+    )
+    terminal_id: str
+    seq = fields.BigIntField()
+    ts = fields.DatetimeField()  # the agent's clock
+    received_at = fields.DatetimeField()  # ours: lag = received_at - ts
+    paper_pct = fields.SmallIntField(null=True)
+    printer_state = fields.CharField(max_length=16, null=True)
+    reasons = fields.JSONField[list[str]](default=list)
+    reader_state = fields.CharField(max_length=16, null=True)
+    toner_pct = fields.SmallIntField(null=True)
+    downsampled = fields.BooleanField(default=False)
+
+    class Meta:
+        table = "status_sample"
+        # The duplicate check at the database: a redelivered QoS 1 report cannot be stored twice.
+        unique_together = (("terminal", "seq"),)
+        # History by range for one terminal, and retention/downsampling by age for all.
+        indexes = (("terminal_id", "ts"), ("ts",))
+
+
+class SeqGap(Model):
+    """Reports the server never received: `after_seq` arrived, then `before_seq`."""
+
+    id = fields.BigIntField(primary_key=True)
+    terminal: fields.ForeignKeyRelation[Terminal] = fields.ForeignKeyField(
+        "fleet.Terminal", related_name="seq_gaps", on_delete=fields.CASCADE
+    )
+    terminal_id: str
+    after_seq = fields.BigIntField()
+    before_seq = fields.BigIntField()
+    detected_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "seq_gap"
+        indexes = (("terminal_id", "detected_at"),)
+
+
+class TerminalEvent(Model):
+    id = fields.BigIntField(primary_key=True)
+    terminal: fields.ForeignKeyRelation[Terminal] = fields.ForeignKeyField(
+        "fleet.Terminal", related_name="events", on_delete=fields.CASCADE
+    )
+    terminal_id: str
+    seq = fields.BigIntField()
+    kind = fields.CharField(max_length=32)
+    ts = fields.DatetimeField()
+    data = fields.JSONField[dict[str, object]](default=dict)
+
+    class Meta:
+        table = "terminal_event"
+        unique_together = (("terminal", "seq"),)
+        indexes = (("terminal_id", "ts"),)
+
+
+class Alert(Model):
+    """An alert, open or cleared (cleared ones are the history).
+
+    `active_key` is 1 while the alert is open and NULL once cleared. With the unique
+    (terminal, rule, active_key) constraint the database itself allows one open alert per
+    (terminal, rule) however many ingest workers race, and any number of cleared ones, since
+    NULLs are distinct in unique constraints on SQLite and PostgreSQL alike. A partial unique
+    index would say the same, but Tortoise's migrations only emit those for PostgreSQL.
+    """
+
+    id = fields.BigIntField(primary_key=True)
+    terminal: fields.ForeignKeyRelation[Terminal] = fields.ForeignKeyField(
+        "fleet.Terminal", related_name="alerts", on_delete=fields.CASCADE
+    )
+    terminal_id: str
+    rule = fields.CharField(max_length=32)
+    severity = fields.CharField(max_length=16)
+    opened_at = fields.DatetimeField()
+    cleared_at = fields.DatetimeField(null=True)
+    acked_at = fields.DatetimeField(null=True)
+    acked_by = fields.CharField(max_length=100, null=True)
+    detail = fields.TextField(default="")
+    active_key = fields.SmallIntField(null=True, default=1)
+
+    class Meta:
+        table = "alert"
+        unique_together = (("terminal", "rule", "active_key"),)
+        indexes = (("active_key", "rule"), ("opened_at",))
+
+
+class DeadLetter(Model):
+    """A rejected MQTT message, kept (bounded, truncated) so operators can see why."""
+
+    id = fields.BigIntField(primary_key=True)
+    received_at = fields.DatetimeField()
+    topic = fields.CharField(max_length=255)
+    reason = fields.CharField(max_length=255)
+    payload = fields.TextField()
+
+    class Meta:
+        table = "dead_letter"
+
+
+class ApiToken(Model):
+    """A bearer token for the REST API. Only the SHA-256 of the token is stored."""
+
+    id = fields.IntField(primary_key=True)
+    name = fields.CharField(max_length=100)
+    role = fields.CharEnumField(Role, max_length=16)
+    token_sha256 = fields.CharField(max_length=64, unique=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    revoked_at = fields.DatetimeField(null=True)
+    last_used_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "api_token"

@@ -1,0 +1,168 @@
+"""The fleet server's settings: one class, read from the environment and an optional file.
+
+Sources, highest priority first: keyword arguments, `FLEET_*` environment variables (and plain
+`DATABASE_URL`, the name every PaaS and container image uses), a `.env` file, a TOML file, the
+defaults below. The file is named by `load_settings(path)` or `FLEET_CONFIG`; `.env`/`.toml`
+decides how it is read.
+
+Secrets ship with a placeholder that is refused unless `dev_mode` is on: a server started on
+defaults must not come up with a broker password or session secret that anyone can look up here.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+from datetime import time
+from pathlib import Path
+from typing import Any, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+#: The placeholder every secret starts as; refused outside dev mode.
+INSECURE_DEFAULT = "changethis"
+#: Shorter secrets are refused outside dev mode: they can be guessed offline.
+MIN_SECRET_CHARS = 16
+
+# The TOML file for the Settings being built now; a context variable (not a class attribute) so
+# two threads loading different files cannot see each other's.
+_toml_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "fleet_settings_toml", default=None
+)
+
+
+class InsecureSettingsError(ValueError):
+    """A secret is left at its default or is too short, and dev mode is off."""
+
+
+class Settings(BaseSettings):
+    """Everything `fleet serve` and its commands can be told; see the module docstring."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FLEET_",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    data_dir: Path = Path("fleet-data")
+    # Empty means a SQLite file in data_dir (filled in after validation).
+    database_url: str = Field(
+        default="", validation_alias=AliasChoices("FLEET_DATABASE_URL", "DATABASE_URL")
+    )
+
+    # None: start and supervise our own Mosquitto on loopback.
+    broker_url: str | None = None
+    broker_admin_user: str = "fleet-server"
+    broker_admin_password: SecretStr = SecretStr(INSECURE_DEFAULT)
+    # Signs dashboard sessions and short-lived SSE tickets.
+    session_secret: SecretStr = SecretStr(INSECURE_DEFAULT)
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    dev_mode: bool = False
+
+    history_retention_days: int = Field(default=30, ge=1)
+    downsample_after_hours: int = Field(default=24, ge=1)
+    # Offline after this many missed status intervals without a report.
+    heartbeat_intervals: int = Field(default=3, ge=1)
+    status_interval_s: int = Field(default=30, ge=1)
+    ingest_batch_size: int = Field(default=500, ge=1)
+    ingest_flush_interval_s: float = Field(default=0.25, gt=0)
+    max_payload_bytes: int = Field(default=64 * 1024, ge=256)
+    dead_letter_max_rows: int = Field(default=10_000, ge=1)
+    dead_letter_payload_max_chars: int = Field(default=4096, ge=64)
+
+    paper_low_pct: int = Field(default=20, ge=0, le=100)
+    service_hours_start: time = time(8, 30)
+    service_hours_end: time = time(17, 30)
+    service_timezone: str = "Asia/Shanghai"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources = [init_settings, env_settings, dotenv_settings, file_secret_settings]
+        toml = _toml_file.get()
+        if toml is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        return tuple(sources)
+
+    @field_validator("service_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _finish(self) -> Self:
+        if not self.database_url:
+            self.database_url = f"sqlite://{self.data_dir / 'fleet.sqlite3'}"
+        if self.service_hours_end <= self.service_hours_start:
+            raise ValueError("service_hours_end must be after service_hours_start")
+        if not self.dev_mode:
+            self._refuse_weak_secrets()
+        return self
+
+    def _refuse_weak_secrets(self) -> None:
+        problems = []
+        for name in ("broker_admin_password", "session_secret"):
+            value: SecretStr = getattr(self, name)
+            secret = value.get_secret_value()
+            env = f"FLEET_{name.upper()}"
+            if secret == INSECURE_DEFAULT:
+                problems.append(f"{env} is the default placeholder")
+            elif len(secret) < MIN_SECRET_CHARS:
+                problems.append(f"{env} is shorter than {MIN_SECRET_CHARS} characters")
+        if problems:
+            raise InsecureSettingsError(
+                "refusing insecure settings: "
+                + "; ".join(problems)
+                + ". Set them (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+                " or set FLEET_DEV_MODE=1 on a development machine."
+            )
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.service_timezone)
+
+    @property
+    def offline_after_s(self) -> float:
+        """Silence after which a terminal counts as offline (heartbeat timeout)."""
+        return float(self.heartbeat_intervals * self.status_interval_s)
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from the environment and `config_file` (or `$FLEET_CONFIG`), overrides on top.
+
+    Raises pydantic's ValidationError (InsecureSettingsError among its causes) on bad values,
+    and FileNotFoundError when the named file is missing: a typo must not silently mean defaults.
+    """
+    name = config_file if config_file is not None else os.environ.get("FLEET_CONFIG")
+    if name is None or name == "":
+        return Settings(**overrides)
+    path = Path(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"settings file {str(path)!r} does not exist")
+    if path.suffix == ".toml":
+        token = _toml_file.set(path)
+        try:
+            return Settings(**overrides)
+        finally:
+            _toml_file.reset(token)
+    return Settings(_env_file=path, **overrides)  # type: ignore[call-arg]
