@@ -1,5 +1,5 @@
 # One entry point for people and CI: set-up, run, test, lint, type-check, bench, fuzz.
-#   make run    set up (if needed) and run the product's demo (`fleet demo`)
+#   make run    set up (if needed) and run the product: server, broker, 50 simulated terminals
 #   make test   set up (if needed), then lint, type-check and every test (cargo test, pytest)
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -14,7 +14,7 @@ setup:
 develop: setup
 
 run: setup
-	$(VENV)/bin/fleet demo
+	./scripts/run_product.sh
 
 # Sequential on purpose (also under -j): set-up, lint, type-check, Rust tests, Python tests.
 test: setup

@@ -13,7 +13,9 @@ from collections.abc import Sequence
 
 from fleet import (
     demo,
+    demo_fleet,
     keys_cli,
+    serve_cli,
     sign_cli,
     terminals_cli,
     tokens_cli,
@@ -34,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     sign_cli.add_parsers(sub)
     demo.add_parser(sub)
     terminals_cli.add_parser(sub)
+    serve_cli.add_parser(sub)
+    demo_fleet.add_parser(sub)
     tokens_cli.add_parser(sub)
     return parser
 

@@ -19,6 +19,7 @@ from fleet.server.provisioning import (
     UserRegistry,
     provision_terminal,
 )
+from fleet.server.registry import db_register_hook
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -63,7 +64,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run_add(args: argparse.Namespace) -> int:
-    data_dir, configured_url = _server_side(args)
+    data_dir, configured_url, database_url = _server_side(args)
     files: BrokerFiles | None = None
     if configured_url is None:
         files = BrokerFiles(data_dir / BROKER_SUBDIR)
@@ -91,9 +92,8 @@ def run_add(args: argparse.Namespace) -> int:
             broker_url,
             registry,
             None if args.no_config_key else args.config_key,
-            # HOOK: the database registration (Terminal row) is wired here once the server's
-            # models land; until then the terminal appears when it first reports.
-            register=None,
+            # The Terminal row, before the broker user: a refused id never gets credentials.
+            register=db_register_hook(database_url),
         )
     except (ProvisioningError, BrokerError) as e:
         raise CliError(str(e)) from None
@@ -112,18 +112,20 @@ def run_add(args: argparse.Namespace) -> int:
     return 0
 
 
-def _server_side(args: argparse.Namespace) -> tuple[Path, str | None]:
-    """(data dir, configured broker URL or None for the server's own broker)."""
-    if args.data_dir is not None and args.config is None:
-        # Enough to find the broker's files; no need for the server's secrets here.
-        return args.data_dir, None
+def _server_side(args: argparse.Namespace) -> tuple[Path, str | None, str]:
+    """(data dir, configured broker URL or None for the server's own broker, database URL)."""
     from pydantic import ValidationError
 
     from fleet.server.settings import load_settings
 
+    overrides = {} if args.data_dir is None else {"data_dir": args.data_dir}
+    if args.config is None:
+        # Enough to find the broker's files and the database; the server's secrets are not
+        # needed here, so a shell without them (dev mode) may provision.
+        overrides["dev_mode"] = True
     try:
-        settings = load_settings(args.config)
+        settings = load_settings(args.config, **overrides)
     except (ValidationError, FileNotFoundError, ValueError) as e:
         raise CliError(f"server settings: {e}") from None
-    data_dir = args.data_dir if args.data_dir is not None else settings.data_dir
-    return data_dir, settings.broker_url
+    broker_url = None if args.data_dir is not None and args.config is None else settings.broker_url
+    return settings.data_dir, broker_url, settings.database_url

@@ -1,0 +1,463 @@
+"""The ingest pipeline: receiver -> validate -> dedupe -> latest state + history -> ack -> publish.
+
+One batch at a time, in the order the broker delivered it:
+
+1. `validate.parse` every message. A rejection becomes a dead-letter row (bounded to
+   `dead_letter_max_rows`, newest kept) and `fleet_ingest_messages_total{result="rejected"}`.
+2. Status reports and events go through `SequenceTracker`: a duplicate is counted and dropped,
+   a gap is recorded (`SeqGap`), a late message is stored as history but never overwrites the
+   latest state. Presence messages, and anything alive from a terminal, feed `PresenceTracker`.
+3. The batch's rows (samples with `bulk_create`, events, gaps, dead letters) and each terminal's
+   latest state go to the database in one transaction (store.py). Only then are the batch's
+   messages acknowledged: a crash before that leaves them unacknowledged and the broker delivers
+   them again; the tracker (restored from `last_seq`) and the unique (terminal, seq) drop the
+   repeats.
+4. The newest status of each terminal in the batch, and every presence transition, go to the
+   `AlertEngine`; its transitions are persisted one by one, idempotently (the DB allows one open
+   alert per (terminal, rule)).
+5. Changes are published on the events bus (for SSE) and counted in the metrics.
+
+Unknown terminals. The broker's ACL only lets users in its password file publish, and only on
+their own topics, so a message from a terminal without a `Terminal` row comes from someone who
+holds valid credentials for that id: a terminal provisioned on an external broker, or whose row
+was created by hand. Refusing it would hide a working kiosk, so it is registered on the spot at
+the site `unassigned` (model `unknown`) and logged; an operator then moves it to its site. What
+a terminal publishes as someone else never gets here (the ACL refuses it at the broker).
+
+Storage failures. A database that is down or locked is retried with a capped backoff and the
+messages stay unacknowledged (the broker holds the rest: backpressure, not loss). A batch the
+database refuses for its content is dead-lettered message by message with reason `store_failed`,
+so one bad row cannot stop the ingest.
+
+Timers (`tick`, every second from `fleet serve`): presence timeouts and hold-downs, and alert
+raise delays and hold-downs, run out without new messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from tortoise.exceptions import DBConnectionError, IntegrityError, OperationalError
+
+from fleet.server.alerts import STATUS_RULES, ActiveAlert, AlertEngine, Cleared, Thresholds, assess
+from fleet.server.alerts import Transition as AlertTransition
+from fleet.server.alerts.rules import paper_level
+from fleet.server.db.models import Alert, DeadLetter, SeqGap, Terminal, TerminalEvent
+from fleet.server.events_bus import EventBus
+from fleet.server.ingest.presence import PresenceTracker
+from fleet.server.ingest.presence import Transition as PresenceTransition
+from fleet.server.ingest.receiver import Received
+from fleet.server.ingest.sequence import Duplicate, New, SequenceTracker
+from fleet.server.ingest.store import (
+    UNASSIGNED_SITE,
+    BatchWrite,
+    SampleRow,
+    json_text,
+    persist_alert,
+    persist_presence,
+    write_batch,
+)
+from fleet.server.ingest.validate import Event, Message, Presence, Rejection, Status, parse
+from fleet.server.metrics import FleetMetrics
+from fleet.server.settings import Settings
+from fleet.server.terminal_state import terminal_state
+
+log = logging.getLogger(__name__)
+
+#: Status reports decide these; presence decides terminal_offline (see fleet.server.alerts).
+_STATUS_SCOPE = STATUS_RULES | {"terminal_offline"}
+_RETRY_MAX_S = 10.0
+
+
+class MessageSource(Protocol):
+    """What the pipeline needs of `receiver.Receiver` (tests feed batches directly)."""
+
+    async def batch(self, max_items: int = ..., linger_s: float = ...) -> list[Received]: ...
+
+    def ack_many(self, msgs: list[Received]) -> int: ...
+
+
+@dataclass
+class _Known:
+    site: str
+    model: str
+
+
+def _dt(epoch_s: float) -> datetime:
+    return datetime.fromtimestamp(epoch_s, UTC)
+
+
+def _small(value: float | None) -> int | None:
+    return None if value is None else round(value)
+
+
+class Pipeline:
+    """Owns the ingest's in-memory state; `handle` one batch, `tick` the timers."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        bus: EventBus | None = None,
+        metrics: FleetMetrics | None = None,
+        engine: AlertEngine | None = None,
+        presence: PresenceTracker | None = None,
+        sequence: SequenceTracker | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.metrics = metrics
+        self.engine = engine or AlertEngine()
+        self.presence = presence or PresenceTracker(
+            status_interval_s=settings.status_interval_s,
+            timeout_intervals=settings.heartbeat_intervals,
+        )
+        self.sequence = sequence or SequenceTracker()
+        self.thresholds = Thresholds(paper_low_pct=float(settings.paper_low_pct))
+        self.clock = clock
+        self._known: dict[str, _Known] = {}
+        # handle() and tick() both move the trackers and write; one at a time keeps the
+        # database in the order the trackers decided.
+        self._lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        #: Totals by result, also when no metrics are attached (tests, the benchmark).
+        self.counts: Counter[str] = Counter()
+
+    # -- start-up -----------------------------------------------------------------------------
+
+    async def restore(self) -> None:
+        """Load terminals, their last seq and presence, and the open alerts from the database."""
+        now = self.clock()
+        rows = await Terminal.all().values_list(
+            "id", "site_id", "model", "online", "presence_reason", "presence_changed_at", "last_seq"
+        )
+        for tid, site, model, online, reason, changed_at, last_seq in rows:
+            self._known[tid] = _Known(site, model)
+            if last_seq is not None:
+                self.sequence.restore(tid, int(last_seq))
+            if online or changed_at is not None:
+                self.presence.restore(
+                    tid,
+                    online=bool(online),
+                    reason=reason.value if reason is not None else None,
+                    now=now,
+                    changed_at=changed_at.timestamp() if changed_at is not None else None,
+                )
+        alerts = await Alert.filter(active_key=1).values_list(
+            "terminal_id", "rule", "opened_at", "acked_at"
+        )
+        self.engine.restore(ActiveAlert(t, r, o, a is not None) for t, r, o, a in alerts)
+        log.info("ingest restored %d terminals and %d open alerts", len(rows), len(alerts))
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    async def run(self, source: MessageSource, max_batch: int | None = None) -> None:
+        """Take, store and acknowledge batches until `stop()`; a batch in hand is finished."""
+        size = max_batch or self.settings.ingest_batch_size
+        while not self._stop.is_set():
+            get = asyncio.ensure_future(source.batch(size))
+            stop = asyncio.ensure_future(self._stop.wait())
+            done, _ = await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if get not in done:
+                get.cancel()  # batch() takes messages only when it returns: none are lost
+                break
+            msgs = get.result()
+            try:
+                await self.handle(msgs)
+            except Exception:
+                # A bug must cost this batch, not the ingest: holding its messages unacked
+                # would stop the broker's flow to us for good (Receive Maximum).
+                log.exception("ingest failed on a batch of %d; dead-lettering it", len(msgs))
+                await self._dead_letter_all(msgs, "internal_error")
+            source.ack_many(msgs)
+
+    async def _dead_letter_all(self, msgs: Sequence[Received], reason: str) -> None:
+        self._count(Counter({"error": len(msgs)}))
+        rows = BatchWrite(dead=[self._dead(m, reason, "see the server log") for m in msgs])
+        try:
+            await write_batch(rows, self.settings.dead_letter_max_rows)
+        except Exception:
+            log.exception("could not dead-letter the batch either")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run_ticks(self, interval_s: float = 1.0) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.tick()
+            except Exception:  # a failed tick is retried next second; the ingest goes on
+                log.exception("ingest tick failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval_s)
+
+    # -- one batch ----------------------------------------------------------------------------
+
+    async def handle(self, msgs: Sequence[Received]) -> None:
+        """Validate, dedupe and store one batch; never raises for a message's content."""
+        async with self._lock:
+            await self._handle(msgs)
+
+    async def _handle(self, msgs: Sequence[Received]) -> None:
+        parsed = [(m, parse(m.topic, m.payload)) for m in msgs]
+        await self._resolve_unknown(parsed)
+        write = BatchWrite()
+        counts: Counter[str] = Counter()
+        newest: dict[str, tuple[Status, float]] = {}
+        presence: list[PresenceTransition] = []
+        lags: list[float] = []
+        for m, p in parsed:
+            if isinstance(p, Rejection):
+                write.dead.append(self._dead(m, p.reason, p.detail))
+                counts["rejected"] += 1
+                continue
+            if p.terminal not in self._known:
+                self._known[p.terminal] = _Known(UNASSIGNED_SITE, "unknown")
+                write.new_terminals[p.terminal] = "unknown"
+            result = self._apply(m, p, write, newest, presence, lags)
+            counts[result] += 1
+        started = time.perf_counter()
+        if not await self._store(write, parsed, counts):
+            return
+        if self.metrics is not None:
+            self.metrics.db_write.observe(time.perf_counter() - started)
+        await self._after_store(newest, presence, write)
+        self._count(counts)
+        if self.metrics is not None:
+            for lag in lags:
+                self.metrics.ingest_lag.observe(lag)
+
+    def _apply(
+        self,
+        m: Received,
+        p: Message,
+        write: BatchWrite,
+        newest: dict[str, tuple[Status, float]],
+        presence: list[PresenceTransition],
+        lags: list[float],
+    ) -> str:
+        tid = p.terminal
+        if isinstance(p, Presence):
+            presence += self.presence.presence(
+                tid, online=p.online, ts=p.ts, now=m.received_at, reason=p.reason
+            )
+            if p.agent:
+                write.update(tid, agent_version=p.agent)
+            return "stored"
+        presence += self.presence.alive(tid, m.received_at)
+        if not isinstance(p, Status | Event):
+            return "stored"  # reported, cmd/result: liveness only until their tables exist
+        outcome = self.sequence.observe(tid, p.seq, p.ts)
+        if isinstance(outcome, Duplicate):
+            return "duplicate"
+        self._sequence_notes(tid, p.seq, outcome, write)
+        received = _dt(m.received_at)
+        if isinstance(p, Event):
+            write.events.append(
+                TerminalEvent(terminal_id=tid, seq=p.seq, kind=p.event, ts=p.ts, data=p.raw)
+            )
+            if not outcome.late:
+                write.update(tid, last_seq=p.seq, last_seen=received, agent_version=p.agent)
+            return "stored"
+        level, _ = paper_level(p.raw["printer"].get("paper") if p.printer else None)
+        write.samples.append(self._sample(p, received, _small(level)))
+        lags.append(max(0.0, m.received_at - p.ts.timestamp()))
+        if not outcome.late:
+            write.update(
+                tid,
+                last_seq=p.seq,
+                last_seen=received,
+                agent_version=p.agent,
+                printer_state=p.printer.state if p.printer else None,
+                paper_pct=_small(level),
+                reader_state=p.reader.state if p.reader else None,
+                status=p.raw,
+            )
+            newest[tid] = (p, m.received_at)
+        return "stored"
+
+    @staticmethod
+    def _sequence_notes(tid: str, seq: int, outcome: New, write: BatchWrite) -> None:
+        if outcome.gap is not None:
+            g = outcome.gap
+            write.gaps.append(SeqGap(terminal_id=tid, after_seq=g.after, before_seq=g.before))
+        if outcome.reset is not None:
+            log.info(
+                "terminal %s restarted its sequence at %d (was %d)",
+                tid,
+                seq,
+                outcome.reset.previous,
+            )
+
+    @staticmethod
+    def _sample(p: Status, received: datetime, paper_pct: int | None) -> SampleRow:
+        printer, reader = p.printer, p.reader
+        reasons = printer.reasons if printer else ()
+        return (
+            p.terminal,
+            p.seq,
+            p.ts,
+            received,
+            paper_pct,
+            printer.state if printer else None,
+            json_text(list(reasons)) if reasons else "[]",
+            reader.state if reader else None,
+            _small(printer.toner_pct) if printer else None,
+            False,
+        )
+
+    def _dead(self, m: Received, reason: str, detail: str) -> DeadLetter:
+        limit = self.settings.dead_letter_payload_max_chars
+        text = m.payload[: limit * 4].decode("utf-8", errors="replace")[:limit]
+        return DeadLetter(
+            received_at=_dt(m.received_at),
+            topic=m.topic[:255],
+            reason=f"{reason}: {detail}"[:255],
+            payload=text.replace("\x00", "\ufffd"),  # PostgreSQL text cannot hold NUL
+        )
+
+    async def _resolve_unknown(self, parsed: list[tuple[Received, Message | Rejection]]) -> None:
+        """Terminals registered since start (`fleet terminals add`) are looked up, once."""
+        unknown = {
+            p.terminal
+            for _, p in parsed
+            if not isinstance(p, Rejection) and p.terminal not in self._known
+        }
+        if not unknown:
+            return
+        rows = await Terminal.filter(id__in=list(unknown)).values_list(
+            "id", "site_id", "model", "last_seq"
+        )
+        for tid, site, model, last_seq in rows:
+            self._known[tid] = _Known(site, model)
+            if last_seq is not None and not self.sequence.known(tid):
+                self.sequence.restore(tid, int(last_seq))
+
+    async def _store(
+        self,
+        write: BatchWrite,
+        parsed: list[tuple[Received, Message | Rejection]],
+        counts: Counter[str],
+    ) -> bool:
+        """Write the batch; True once stored (or dead-lettered instead)."""
+        delay = 0.1
+        while True:
+            try:
+                if write:
+                    await write_batch(write, self.settings.dead_letter_max_rows)
+                return True
+            except (DBConnectionError, OperationalError, OSError) as e:
+                if self._stop.is_set() and delay > 1:
+                    log.error("database still unavailable at shutdown (%s): batch not acked", e)
+                    raise
+                log.error("storing a batch failed (%s); retrying in %.1f s", e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_S)
+            except (IntegrityError, ValueError, TypeError):
+                log.exception("the database refused a batch; dead-lettering its messages")
+                await self._dead_letter_all([m for m, _ in parsed], "store_failed")
+                counts.clear()
+                return False
+
+    async def _after_store(
+        self,
+        newest: dict[str, tuple[Status, float]],
+        presence: list[PresenceTransition],
+        write: BatchWrite,
+    ) -> None:
+        alerts: list[AlertTransition] = []
+        for tr in presence:
+            await self._presence_changed(tr, alerts)
+        for tid, (status, received_at) in newest.items():
+            online = self.presence.is_online(tid) is not False
+            a = assess(status.raw, online, self.thresholds, self.engine.active_rules(tid))
+            alerts += self.engine.update(
+                tid, _dt(received_at), a.hits, a.unknown, scope=_STATUS_SCOPE
+            )
+        await self._persist_alerts(alerts)
+        if self.bus is not None:
+            for tid, columns in write.latest.items():
+                if "status" in columns:
+                    self.bus.publish("status", self._status_event(tid, columns))
+
+    def _status_event(self, tid: str, c: dict[str, Any]) -> dict[str, Any]:
+        online = self.presence.is_online(tid) is not False
+        last_seen = c.get("last_seen")
+        return {
+            "terminal": tid,
+            "site": self._known[tid].site if tid in self._known else UNASSIGNED_SITE,
+            "state": terminal_state(online, c.get("printer_state")),
+            "online": online,
+            "printer_state": c.get("printer_state"),
+            "paper_pct": c.get("paper_pct"),
+            "reader_state": c.get("reader_state"),
+            "last_seen": last_seen.isoformat() if isinstance(last_seen, datetime) else None,
+            "seq": c.get("last_seq"),
+        }
+
+    # -- presence and alerts ------------------------------------------------------------------
+
+    async def _presence_changed(
+        self, tr: PresenceTransition, alerts: list[AlertTransition]
+    ) -> None:
+        at = _dt(tr.at)
+        await persist_presence(tr.terminal, tr.online, tr.reason, at)
+        if tr.online:
+            alerts += self.engine.update(tr.terminal, at, [], scope={"terminal_offline"})
+        else:
+            a = assess(None, False)
+            alerts += self.engine.update(tr.terminal, at, a.hits, a.unknown, scope=_STATUS_SCOPE)
+        if self.bus is not None:
+            self.bus.publish(
+                "presence",
+                {
+                    "terminal": tr.terminal,
+                    "online": tr.online,
+                    "reason": tr.reason,
+                    "at": at.isoformat(),
+                },
+            )
+
+    async def _persist_alerts(self, transitions: list[AlertTransition]) -> None:
+        for t in transitions:
+            alert_id = await persist_alert(t)
+            if alert_id is None or self.bus is None:
+                continue
+            cleared = isinstance(t, Cleared)
+            self.bus.publish(
+                "alert",
+                {
+                    "id": alert_id,
+                    "terminal": t.terminal,
+                    "rule": t.rule,
+                    "severity": None if cleared else str(getattr(t, "severity", "")),
+                    "transition": "cleared" if cleared else "opened",
+                    "at": t.at.isoformat(),
+                },
+            )
+
+    async def tick(self, now: float | None = None) -> None:
+        """Run the presence and alert timers to `now` (default: the clock)."""
+        async with self._lock:
+            t = self.clock() if now is None else now
+            alerts: list[AlertTransition] = []
+            for tr in self.presence.tick(t):
+                await self._presence_changed(tr, alerts)
+            alerts += self.engine.tick(_dt(t))
+            await self._persist_alerts(alerts)
+
+    def _count(self, counts: Counter[str]) -> None:
+        self.counts.update(counts)
+        if self.metrics is not None:
+            for result, n in counts.items():
+                self.metrics.ingest_messages.labels(result).inc(n)

@@ -1,0 +1,156 @@
+"""`fleet serve`: the API, the MQTT ingest and (without a broker URL) our own Mosquitto, as one.
+
+Start-up order: settings -> broker (started and supervised unless `broker_url` names one) ->
+uvicorn, whose lifespan opens the database (migrations applied), restores the ingest's state,
+connects the receiver and starts three tasks: the pipeline, the timers (presence timeouts, alert
+hold-downs) and the history retention.
+
+Shutdown (SIGTERM or Ctrl-C; uvicorn turns both into a lifespan shutdown): the pipeline finishes
+and acknowledges the batch in hand, the receiver disconnects (the broker keeps our session and
+queues what arrives meanwhile), the database closes, then the broker is stopped, which makes it
+save its sessions and queued messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import uvicorn
+
+from fleet.server.api import AppContext, LifespanHook, create_app
+from fleet.server.broker import BROKER_SUBDIR, EmbeddedBroker
+from fleet.server.ingest.pipeline import Pipeline
+from fleet.server.ingest.receiver import Receiver, ReceiverConfig
+from fleet.server.ingest.retention import run_retention
+from fleet.server.settings import Settings
+
+log = logging.getLogger("fleet.serve")
+
+#: Seconds between presence/alert timer runs: a timeout is noticed within this.
+TICK_S = 1.0
+RETENTION_INTERVAL_S = 3600.0
+#: How long start-up waits for the first connection before serving anyway (paho keeps trying).
+CONNECT_WAIT_S = 10.0
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool = False
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError(f"broker URL {url!r}: expected mqtt[s]://HOST[:PORT]")
+    tls = parts.scheme == "mqtts"
+    return BrokerAddress(parts.hostname, parts.port or (8883 if tls else 1883), tls)
+
+
+def ingest_hook(settings: Settings, address: BrokerAddress) -> LifespanHook:
+    """The lifespan hook that runs the ingest beside the API (see `create_app`)."""
+
+    @asynccontextmanager
+    async def run_ingest(ctx: AppContext) -> AsyncIterator[None]:
+        pipeline = Pipeline(settings, bus=ctx.bus, metrics=ctx.metrics)
+        await pipeline.restore()
+        receiver = Receiver(
+            ReceiverConfig(
+                host=address.host,
+                port=address.port,
+                username=settings.broker_admin_user,
+                password=settings.broker_admin_password.get_secret_value(),
+                client_id=os.environ.get("FLEET_INGEST_CLIENT_ID", "fleet-server"),
+                tls=address.tls,
+            )
+        )
+        await receiver.start()
+        with contextlib.suppress(TimeoutError):
+            await receiver.wait_connected(CONNECT_WAIT_S)
+        if not receiver.connected:
+            log.warning("broker %s:%d not reachable yet; retrying", address.host, address.port)
+        ctx.ingest_ready = lambda: receiver.connected
+        ctx.alert_engine = pipeline.engine
+        stop_retention = asyncio.Event()
+        tasks = [
+            asyncio.create_task(pipeline.run(receiver), name="ingest"),
+            asyncio.create_task(pipeline.run_ticks(TICK_S), name="ingest-ticks"),
+            asyncio.create_task(
+                run_retention(settings, stop_retention, RETENTION_INTERVAL_S), name="retention"
+            ),
+        ]
+        try:
+            yield
+        finally:
+            pipeline.stop()
+            stop_retention.set()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            for task, result in zip(tasks, results, strict=True):
+                if isinstance(result, BaseException):
+                    log.error("%s ended with %r", task.get_name(), result)
+            await receiver.stop()
+
+    return run_ingest
+
+
+def _catch_stop_signals() -> list[int]:
+    """Record SIGTERM/SIGINT instead of dying on them.
+
+    uvicorn handles both while it runs (a graceful shutdown), then restores the previous handlers
+    and raises the signal again; with Python's defaults that would kill the process before our
+    `finally` stops the broker, which runs in its own session and would outlive us.
+    """
+    caught: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: caught.append(signum))
+    return caught
+
+
+def serve(settings: Settings, *, log_level: str = "info") -> int:
+    """Run until SIGTERM/SIGINT; returns the exit status."""
+    broker: EmbeddedBroker | None = None
+    if settings.broker_url is None:
+        broker = EmbeddedBroker(
+            settings.data_dir / BROKER_SUBDIR,
+            server_user=settings.broker_admin_user,
+            server_password=settings.broker_admin_password.get_secret_value(),
+        ).start()
+        address = BrokerAddress(broker.host, broker.port)
+    else:
+        address = parse_broker_url(settings.broker_url)
+    try:
+        app = create_app(settings, hooks=[ingest_hook(settings, address)])
+        config = uvicorn.Config(
+            app,
+            host=settings.api_host,
+            port=settings.api_port,
+            log_level=log_level,
+            # One line per request is noise at fleet scale; errors are still logged.
+            access_log=False,
+        )
+        server = uvicorn.Server(config)
+        stopped_by = _catch_stop_signals()
+        log.info(
+            "fleet serving http://%s:%d (broker %s:%d)",
+            settings.api_host,
+            settings.api_port,
+            address.host,
+            address.port,
+        )
+        server.run()
+        if not server.started:
+            return 1
+        # A stop asked for by a signal is a clean stop (systemd expects 0 for SIGTERM).
+        return 130 if signal.SIGINT in stopped_by else 0
+    finally:
+        if broker is not None:
+            broker.stop()

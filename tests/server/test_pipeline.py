@@ -1,0 +1,312 @@
+"""The ingest pipeline on a real database (SQLite and PostgreSQL): what a batch of messages leaves
+in the tables, in memory and in the counters. Messages are fed as the receiver hands them over,
+with the server's clock under the test's control."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fleet.server.alerts import AlertEngine
+from fleet.server.db.models import (
+    Alert,
+    DeadLetter,
+    SeqGap,
+    Site,
+    SiteKind,
+    StatusSample,
+    Terminal,
+)
+from fleet.server.events_bus import EventBus
+from fleet.server.ingest.pipeline import Pipeline
+from fleet.server.ingest.presence import PresenceTracker
+from fleet.server.ingest.receiver import Received
+from fleet.server.ingest.retention import apply_retention
+from fleet.server.metrics import FleetMetrics
+from fleet.server.settings import Settings
+
+T0 = datetime(2026, 11, 25, 6, 0, tzinfo=UTC).timestamp()
+
+
+def status(seq: int, *, at: float = T0, paper: int = 80, reasons: list[str] | None = None) -> bytes:
+    ts = datetime.fromtimestamp(int(at), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    doc: dict[str, Any] = {
+        "v": 1,
+        "seq": seq,
+        "ts": ts,
+        "agent": "1.2.0",
+        "printer": {
+            "driver": "sim",
+            "state": "idle",
+            "reasons": reasons or [],
+            "paper": {"level_pct": paper, "sheets_left": paper * 5, "capacity": 500},
+            "toner_pct": 60,
+        },
+        "reader": {"driver": "sim", "state": "ok", "card_present": False},
+    }
+    return json.dumps(doc).encode()
+
+
+def presence(online: bool, *, at: float = T0, reason: str | None = None) -> bytes:
+    ts = datetime.fromtimestamp(int(at), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    doc: dict[str, Any] = {"v": 1, "online": online, "ts": ts, "agent": "1.2.0"}
+    if reason:
+        doc["reason"] = reason
+    return json.dumps(doc).encode()
+
+
+_mids = iter(range(1, 1 << 30))
+
+
+def msg(terminal: str, kind: str, payload: bytes, at: float = T0) -> Received:
+    return Received(
+        topic=f"fleet/v1/t/{terminal}/{kind}",
+        payload=payload,
+        qos=1,
+        retain=False,
+        dup=False,
+        mid=next(_mids),
+        received_at=at,
+        connection=1,
+    )
+
+
+def settings(db_url: str, **kw: Any) -> Settings:
+    return Settings(dev_mode=True, database_url=db_url, **kw)
+
+
+async def make_pipeline(db_url: str, **kw: Any) -> Pipeline:
+    p = Pipeline(
+        settings(db_url, **kw.pop("settings", {})),
+        bus=kw.pop("bus", None),
+        metrics=kw.pop("metrics", None),
+        engine=kw.pop("engine", AlertEngine(hold_down_s=60)),
+        presence=kw.pop("presence", PresenceTracker(status_interval_s=30, hold_s=30)),
+        clock=lambda: T0,
+    )
+    await p.restore()
+    return p
+
+
+async def seed(*terminals: str) -> None:
+    site = await Site.create(id="S1", name="Hall", kind=SiteKind.HALL)
+    for tid in terminals:
+        await Terminal.create(id=tid, site=site, model="sim", mqtt_username=tid)
+
+
+async def test_stores_latest_state_and_history(db: str) -> None:
+    await seed("T1")
+    bus = EventBus()
+    sub = bus.subscribe()
+    p = await make_pipeline(db, bus=bus)
+    await p.handle(
+        [msg("T1", "status", status(1, paper=80)), msg("T1", "status", status(2, paper=79))]
+    )
+    t = await Terminal.get(id="T1")
+    assert (t.last_seq, t.paper_pct, t.printer_state, t.reader_state) == (2, 79, "idle", "ok")
+    assert t.online and t.agent_version == "1.2.0"
+    assert await StatusSample.filter(terminal_id="T1").count() == 2
+    kinds = []
+    while (event := await sub.get(timeout=0)) is not None:
+        kinds.append((event.kind, event.data.get("terminal")))
+    assert ("status", "T1") in kinds and ("presence", "T1") in kinds
+
+
+async def test_duplicates_ignored_and_gaps_recorded(db: str) -> None:
+    await seed("T1")
+    metrics = FleetMetrics()
+    p = await make_pipeline(db, metrics=metrics)
+    first = [msg("T1", "status", status(s)) for s in (1, 2, 3)]
+    await p.handle(first)
+    await p.handle(first[1:])  # redelivered after a reconnect
+    await p.handle([msg("T1", "status", status(7))])  # 4..6 never came
+    late = msg("T1", "status", status(5, paper=10))
+    await p.handle([late])  # one of them, late: history, not the latest state
+    assert sorted(await StatusSample.filter(terminal_id="T1").values_list("seq", flat=True)) == [
+        1,
+        2,
+        3,
+        5,
+        7,
+    ]
+    gaps = await SeqGap.filter(terminal_id="T1").values_list("after_seq", "before_seq")
+    assert gaps == [(3, 7)]
+    t = await Terminal.get(id="T1")
+    assert t.last_seq == 7 and t.paper_pct == 80
+    assert p.counts["duplicate"] == 2 and p.counts["stored"] == 5
+    assert metrics.ingest_messages.labels("duplicate")._value.get() == 2
+
+
+async def test_restart_restores_sequence(db: str) -> None:
+    await seed("T1")
+    p = await make_pipeline(db)
+    batch = [msg("T1", "status", status(s)) for s in (1, 2)]
+    await p.handle(batch)
+    again = await make_pipeline(db)  # a new process: only the database remembers
+    await again.handle(batch)  # stored but not acked before the crash: redelivered
+    assert again.counts["duplicate"] == 2
+    assert await StatusSample.filter(terminal_id="T1").count() == 2
+
+
+GARBAGE = [
+    ("fleet/v1/t/T1/status", b"\xff\xfe not utf-8"),
+    ("fleet/v1/t/T1/status", b"{not json"),
+    ("fleet/v1/t/T1/status", b"[1, 2]"),
+    ("fleet/v1/t/T1/status", b'{"v": 2, "seq": 1}'),
+    ("fleet/v1/t/T1/status", b'{"v": 1, "seq": "one", "ts": "x", "agent": "a"}'),
+    ("fleet/v1/t/T1/status", b'{"v": 1, "note": "\\u0000"}'),
+    ("fleet/v1/t/T1/status", b"[" * 100_000),
+    ("fleet/v1/t/T1/event", b'{"v": 1, "terminal": "T2"}'),
+    ("fleet/v1/t/bad id/status", b"{}"),
+    ("fleet/v1/t/T1/status", b"\x00" * 70_000),
+]
+
+
+async def test_garbage_is_dead_lettered_with_a_reason(db: str) -> None:
+    await seed("T1")
+    metrics = FleetMetrics()
+    p = await make_pipeline(db, metrics=metrics)
+    batch = [
+        Received(topic, payload, 1, False, False, i, T0, 1)
+        for i, (topic, payload) in enumerate(GARBAGE, 1)
+    ]
+    await p.handle([*batch, msg("T1", "status", status(1))])
+    rows = await DeadLetter.all().order_by("id")
+    assert len(rows) == len(GARBAGE)
+    reasons = [r.reason.split(":")[0] for r in rows]
+    assert reasons[:4] == ["not_utf8", "not_json", "not_object", "bad_version"]
+    assert "terminal_mismatch" in reasons and "bad_topic" in reasons
+    assert "payload_too_large" in reasons
+    assert all(len(r.payload) <= 4096 and "\x00" not in r.payload for r in rows)
+    assert metrics.ingest_messages.labels("rejected")._value.get() == len(GARBAGE)
+    assert await StatusSample.filter(terminal_id="T1").count() == 1  # the good one got through
+
+
+async def test_dead_letters_are_bounded(db: str) -> None:
+    p = await make_pipeline(db, settings={"dead_letter_max_rows": 5})
+    for i in range(3):
+        await p.handle([msg("T1", "status", f"junk {i}-{k}".encode()) for k in range(4)])
+    rows = await DeadLetter.all().order_by("id").values_list("payload", flat=True)
+    assert rows == ["junk 1-3", "junk 2-0", "junk 2-1", "junk 2-2", "junk 2-3"]
+
+
+async def test_unknown_terminal_is_auto_registered(db: str) -> None:
+    p = await make_pipeline(db)
+    await p.handle([msg("NEW-1", "status", status(1))])
+    t = await Terminal.get(id="NEW-1")
+    assert t.site_id == "unassigned" and t.last_seq == 1
+
+
+async def test_paper_out_opens_one_alert_and_clears_after_hold_down(db: str) -> None:
+    await seed("T1")
+    p = await make_pipeline(db)
+    out = status(1, paper=0, reasons=["media-empty"])
+    await p.handle([msg("T1", "status", out)])
+    await p.handle([msg("T1", "status", status(2, paper=0, reasons=["media-empty"]), T0 + 1)])
+    active = await Alert.filter(terminal_id="T1", active_key=1).values_list("rule", flat=True)
+    assert active == ["paper_out"]
+    await p.handle([msg("T1", "status", status(3, paper=100), T0 + 10)])  # refilled
+    await p.tick(T0 + 30)
+    assert await Alert.filter(rule="paper_out", active_key=1).count() == 1  # holding down
+    await p.tick(T0 + 71)
+    alert = await Alert.get(rule="paper_out")
+    assert alert.active_key is None and alert.cleared_at is not None
+
+
+async def test_one_active_alert_per_terminal_and_rule_under_concurrency(db: str) -> None:
+    """Two replicas (own engines, shared DB) see the same jam at once: the DB keeps one."""
+    await seed("T1")
+    replicas = [await make_pipeline(db) for _ in range(4)]
+    jam = status(1, reasons=["media-jam"])
+    await asyncio.gather(*(r.handle([msg("T1", "status", jam)]) for r in replicas))
+    assert await Alert.filter(terminal_id="T1", rule="jam", active_key=1).count() == 1
+    assert await Alert.filter(terminal_id="T1", rule="jam").count() == 1
+
+
+async def test_presence_will_and_timeout(db: str) -> None:
+    await seed("T1", "T2")
+    p = await make_pipeline(db)
+    await p.handle([msg("T1", "presence", presence(True)), msg("T2", "status", status(1))])
+    await p.handle([msg("T1", "presence", presence(False, reason="will"), T0 + 5)])
+    t1 = await Terminal.get(id="T1")
+    assert not t1.online and t1.presence_reason == "will"
+    await p.tick(T0 + 50)
+    assert (await Terminal.get(id="T2")).online  # 50 s of silence: under 3 x 30 s
+    await p.tick(T0 + 91)
+    t2 = await Terminal.get(id="T2")
+    assert not t2.online and t2.presence_reason == "timeout"
+    offline = await Alert.filter(rule="terminal_offline", active_key=1).values_list(
+        "terminal_id", flat=True
+    )
+    assert sorted(offline) == ["T1", "T2"]
+
+
+async def test_retention_expires_and_downsamples(db: str) -> None:
+    await seed("T1")
+    now = datetime(2026, 11, 25, 6, 0, tzinfo=UTC)
+    p = await make_pipeline(db)
+    old = now - timedelta(days=40)
+    batch = [msg("T1", "status", status(1, at=old.timestamp()))]
+    day_ago = now - timedelta(hours=30)
+    # One report every 30 s for an hour, a day and more ago: 4 quarter-hours.
+    start = day_ago.replace(minute=0, second=0)
+    batch += [
+        msg("T1", "status", status(2 + i, at=(start + timedelta(seconds=30 * i)).timestamp()))
+        for i in range(120)
+    ]
+    batch.append(msg("T1", "status", status(200, at=(now - timedelta(hours=1)).timestamp())))
+    await p.handle(batch)
+    result = await apply_retention(settings(db), now)
+    assert result.expired == 1
+    assert await StatusSample.filter(terminal_id="T1").count() == 4 + 1
+    assert await StatusSample.filter(downsampled=True).count() == 4
+    again = await apply_retention(settings(db), now)
+    assert again.thinned == 0 and await StatusSample.all().count() == 5
+
+
+class FakeSource:
+    """Hands over prepared batches like `Receiver.batch`, and records the acks."""
+
+    def __init__(self, batches: list[list[Received]]) -> None:
+        self.batches = batches
+        self.acked: list[int] = []
+
+    async def batch(self, max_items: int = 500, linger_s: float = 0.002) -> list[Received]:
+        if not self.batches:
+            await asyncio.Event().wait()  # idle, like a quiet broker
+        return self.batches.pop(0)
+
+    def ack_many(self, msgs: list[Received]) -> int:
+        self.acked += [m.mid for m in msgs]
+        return len(msgs)
+
+
+async def test_run_acks_after_storing_and_survives_a_bug(db: str, monkeypatch: Any) -> None:
+    await seed("T1")
+    p = await make_pipeline(db)
+    good = [msg("T1", "status", status(1))]
+    bad = [msg("T1", "status", status(2))]
+    after = [msg("T1", "status", status(3))]
+    source = FakeSource([good, bad, after])
+    real_apply = p._apply
+
+    def buggy(*args: Any) -> str:
+        if args[1].seq == 2:
+            raise RuntimeError("a bug")
+        return real_apply(*args)
+
+    monkeypatch.setattr(p, "_apply", buggy)
+    task = asyncio.create_task(p.run(source))
+    for _ in range(200):
+        if len(source.acked) == 3:
+            break
+        await asyncio.sleep(0.01)
+    p.stop()
+    await asyncio.wait_for(task, 5)
+    assert source.acked == [m.mid for m in good + bad + after]
+    assert sorted(await StatusSample.all().values_list("seq", flat=True)) == [1, 3]
+    dead = await DeadLetter.all().values_list("reason", flat=True)
+    assert [r.split(":")[0] for r in dead] == ["internal_error"]
+    assert p.counts["error"] == 1
