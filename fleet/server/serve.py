@@ -2,8 +2,8 @@
 
 Start-up order: settings -> broker (started and supervised unless `broker_url` names one) ->
 uvicorn, whose lifespan opens the database (migrations applied), restores the ingest's state,
-connects the receiver and starts three tasks: the pipeline, the timers (presence timeouts, alert
-hold-downs) and the history retention.
+connects the receiver and starts four tasks: the pipeline, the timers (presence timeouts, alert
+hold-downs), the history retention and the paper run-out forecast (`forecast_interval_s`).
 
 Shutdown (SIGTERM or Ctrl-C; uvicorn turns both into a lifespan shutdown): the pipeline finishes
 and acknowledges the batch in hand, the receiver disconnects (the broker keeps our session and
@@ -27,6 +27,7 @@ import uvicorn
 
 from fleet.server.api import AppContext, LifespanHook, create_app
 from fleet.server.broker import BROKER_SUBDIR, EmbeddedBroker
+from fleet.server.forecast_job import run_forecast_job
 from fleet.server.ingest.pipeline import Pipeline
 from fleet.server.ingest.receiver import Receiver, ReceiverConfig
 from fleet.server.ingest.retention import run_retention
@@ -80,19 +81,21 @@ def ingest_hook(settings: Settings, address: BrokerAddress) -> LifespanHook:
             log.warning("broker %s:%d not reachable yet; retrying", address.host, address.port)
         ctx.ingest_ready = lambda: receiver.connected
         ctx.alert_engine = pipeline.engine
-        stop_retention = asyncio.Event()
+        stop_retention, stop_forecast = asyncio.Event(), asyncio.Event()
         tasks = [
             asyncio.create_task(pipeline.run(receiver), name="ingest"),
             asyncio.create_task(pipeline.run_ticks(TICK_S), name="ingest-ticks"),
             asyncio.create_task(
                 run_retention(settings, stop_retention, RETENTION_INTERVAL_S), name="retention"
             ),
+            asyncio.create_task(run_forecast_job(pipeline, stop_forecast), name="forecast"),
         ]
         try:
             yield
         finally:
             pipeline.stop()
             stop_retention.set()
+            stop_forecast.set()
             results = await asyncio.gather(*tasks, return_exceptions=True)
             for task, result in zip(tasks, results, strict=True):
                 if isinstance(result, BaseException):

@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     service_hours_start: time = time(8, 30)
     service_hours_end: time = time(17, 30)
     service_timezone: str = "Asia/Shanghai"
+    # Seconds between runs of the paper run-out forecast job (the paper_runout_soon alert).
+    forecast_interval_s: float = Field(default=300.0, gt=0)
 
     @classmethod
     def settings_customise_sources(

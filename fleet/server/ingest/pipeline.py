@@ -428,6 +428,12 @@ class Pipeline:
                 },
             )
 
+    async def feed_alerts(self, feed: Callable[[AlertEngine], list[AlertTransition]]) -> None:
+        """Let another alert source (the forecast job) update the engine with `feed`, and persist
+        and publish its transitions as the ingest's own, under the ingest's lock."""
+        async with self._lock:
+            await self._persist_alerts(feed(self.engine))
+
     async def _persist_alerts(self, transitions: list[AlertTransition]) -> None:
         for t in transitions:
             alert_id = await persist_alert(t)
