@@ -270,7 +270,8 @@ class Pipeline:
                 write.update(tid, last_seq=p.seq, last_seen=received, agent_version=p.agent)
             return "stored"
         level, _ = paper_level(p.raw["printer"].get("paper") if p.printer else None)
-        write.samples.append(self._sample(p, received, _small(level)))
+        paper_pct = _small(level)
+        write.samples.append(self._sample(p, received, paper_pct))
         lags.append(max(0.0, m.received_at - p.ts.timestamp()))
         if not outcome.late:
             write.update(
@@ -279,7 +280,7 @@ class Pipeline:
                 last_seen=received,
                 agent_version=p.agent,
                 printer_state=p.printer.state if p.printer else None,
-                paper_pct=_small(level),
+                paper_pct=paper_pct,
                 reader_state=p.reader.state if p.reader else None,
                 status=p.raw,
             )

@@ -30,7 +30,7 @@ import logging
 import math
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
@@ -181,6 +181,12 @@ def parse_topic(topic: str) -> tuple[str, Kind] | None:
     return terminal, kind  # type: ignore[return-value]  # kind checked against KINDS
 
 
+#: Valid topics already parsed: a fleet publishes on a few topics per terminal, over and over.
+#: Bounded (cleared when full), so a flood of distinct topics costs memory once, not forever.
+_MAX_CACHED_TOPICS: Final = 65536
+_TOPICS: dict[str, tuple[str, Kind]] = {}
+
+
 def parse(topic: str, payload: bytes) -> Message | Rejection:
     """The typed message, or why it is refused. Never raises."""
     try:
@@ -191,7 +197,13 @@ def parse(topic: str, payload: bytes) -> Message | Rejection:
 
 
 def _parse(topic: str, payload: bytes) -> Message | Rejection:
-    where = parse_topic(topic) if isinstance(topic, str) else None
+    where = _TOPICS.get(topic) if type(topic) is str else None
+    if where is None:
+        where = parse_topic(topic) if isinstance(topic, str) else None
+        if where is not None and type(topic) is str:
+            if len(_TOPICS) >= _MAX_CACHED_TOPICS:
+                _TOPICS.clear()
+            _TOPICS[topic] = where
     if where is None:
         return Rejection("bad_topic", "not fleet/v1/t/{id}/{kind}", str(topic)[:MAX_TOPIC_CHARS])
     terminal, kind = where
@@ -204,7 +216,7 @@ def _parse(topic: str, payload: bytes) -> Message | Rejection:
     except UnicodeDecodeError as e:
         return Rejection("not_utf8", f"invalid UTF-8 at byte {e.start}", topic, terminal)
     try:
-        doc = _DECODER.decode(text)
+        doc = _decode(text)
     except RecursionError:
         return Rejection("too_deep", "nested beyond the parser's limit", topic, terminal)
     except ValueError as e:  # JSONDecodeError, _NotJson, and int digit limits are ValueErrors
@@ -214,7 +226,8 @@ def _parse(topic: str, payload: bytes) -> Message | Rejection:
         return Rejection("too_deep", f"nested deeper than {MAX_DEPTH} levels", topic, terminal)
     if not isinstance(doc, dict):
         return Rejection("not_object", f"top level is {_type(doc)}", topic, terminal)
-    problem = _unstorable(text, doc)
+    # Both unstorable forms are `\\u` escapes: no backslash-u, nothing to look for.
+    problem = _unstorable(text, doc) if "\\u" in text else None
     if problem:
         return Rejection("schema", problem, topic, terminal)
     v = doc.get("v")
@@ -268,6 +281,26 @@ def _unstorable(text: str, doc: Any) -> str | None:
 
 # One decoder for all messages: json.loads with hooks would build a new one per call.
 _DECODER: Final = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+#: The decoder's C scanner (set by JSONDecoder.__init__, absent from the typeshed stubs).
+_SCAN: Final[Callable[[str, int], tuple[Any, int]]] = _DECODER.scan_once  # type: ignore[attr-defined]
+
+
+def _decode(text: str) -> Any:
+    """`_DECODER.decode(text)`, without its whitespace regexes for the usual compact document.
+
+    Anything unusual (leading or trailing whitespace, or an error) goes through `decode` itself,
+    so the error raised, and its message, are the decoder's own."""
+    if text[:1] == "{":
+        try:
+            doc, end = _SCAN(text, 0)
+        except (StopIteration, ValueError):
+            pass  # decode() below raises the decoder's own error for it
+        else:
+            if end == len(text):
+                return doc
+    return _DECODER.decode(text)
 
 
 def _too_deep(doc: Any) -> bool:
@@ -469,6 +502,160 @@ def _seq_ts_agent(doc: dict[str, Any]) -> tuple[int, datetime, str]:
 
 
 def _status(terminal: str, doc: dict[str, Any]) -> Status:
+    # The agent's every-few-seconds report is the bulk of the traffic: a specialised path checks
+    # exactly what the generic readers below check, and on any doubt hands the document to them,
+    # so a refused report gets the same reason and field path either way.
+    fast = _status_fast(terminal, doc)
+    if fast is not None:
+        return fast
+    return _status_generic(terminal, doc)
+
+
+_NUMBER: Final = (int, float)
+
+# A frozen dataclass's __init__ sets each field through object.__setattr__, which costs more
+# than the rest of a report's checks; the fast path sets the slots directly instead. The
+# field lists are checked against the classes at import, so a field added there and not here
+# fails at start-up, not silently.
+_new = object.__new__
+
+
+def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Callable[[Any, Any], None], ...]:
+    if tuple(f.name for f in fields(cls)) != names:
+        raise RuntimeError(f"validate.py: the fast path's {cls.__name__} fields are stale")
+    return tuple(cls.__dict__[name].__set__ for name in names)
+
+
+_pa_level, _pa_sheets, _pa_capacity = _slot_setters(Paper, ("level_pct", "sheets_left", "capacity"))
+_pr_driver, _pr_state, _pr_reasons, _pr_paper, _pr_toner, _pr_pages = _slot_setters(
+    Printer, ("driver", "state", "reasons", "paper", "toner_pct", "pages_total")
+)
+_rd_driver, _rd_state, _rd_card = _slot_setters(Reader, ("driver", "state", "card_present"))
+(
+    _st_terminal,
+    _st_seq,
+    _st_ts,
+    _st_agent,
+    _st_desired,
+    _st_printer,
+    _st_reader,
+    _st_raw,
+    _st_kind,
+) = _slot_setters(
+    Status, ("terminal", "seq", "ts", "agent", "desired", "printer", "reader", "raw", "kind")
+)
+
+
+def _status_fast(terminal: str, doc: dict[str, Any]) -> Status | None:
+    """The Status for a well-formed report, or None to let `_status_generic` say what is wrong."""
+    get = doc.get
+    seq = get("seq")
+    if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
+        return None
+    ts_text = get("ts")
+    agent = get("agent")
+    if type(ts_text) is not str or type(agent) is not str or len(agent) > MAX_AGENT_CHARS:
+        return None
+    desired = get("desired")
+    if desired is not None and type(desired) is not str:
+        return None
+    host = get("host")
+    if host is not None and type(host) is not dict:
+        return None
+    try:
+        ts = datetime.fromisoformat(ts_text)
+    except ValueError:
+        return None
+    if ts.tzinfo is not UTC:
+        offset = ts.utcoffset()
+        if offset is None or offset.total_seconds() != 0:
+            return None
+    ts = ts.astimezone(UTC)
+
+    printer: Printer | None = None
+    p = get("printer")
+    if p is not None:
+        if type(p) is not dict:
+            return None
+        pget = p.get
+        driver = pget("driver")
+        state = pget("state")
+        if type(driver) is not str or type(state) is not str or state not in PRINTER_STATES:
+            return None
+        reasons = pget("reasons")
+        if reasons is None:
+            reasons_t: tuple[str, ...] = ()
+        elif type(reasons) is list:
+            for r in reasons:
+                if type(r) is not str:
+                    return None
+            reasons_t = tuple(reasons)
+        else:
+            return None
+        paper: Paper | None = None
+        pd = pget("paper")
+        if pd is not None:
+            if type(pd) is not dict:
+                return None
+            level = pd.get("level_pct")
+            sheets = pd.get("sheets_left")
+            capacity = pd.get("capacity")
+            if level is not None and (type(level) not in _NUMBER or not 0 <= level <= 100):
+                return None
+            if sheets is not None and (type(sheets) is not int or not 0 <= sheets <= MAX_SEQ):
+                return None
+            if capacity is not None and (type(capacity) is not int or not 0 <= capacity <= MAX_SEQ):
+                return None
+            paper = _new(Paper)
+            _pa_level(paper, level)
+            _pa_sheets(paper, sheets)
+            _pa_capacity(paper, capacity)
+        toner = pget("toner_pct")
+        if toner is not None and (type(toner) not in _NUMBER or not 0 <= toner <= 100):
+            return None
+        pages = pget("pages_total")
+        if pages is not None and (type(pages) is not int or not 0 <= pages <= MAX_SEQ):
+            return None
+        printer = _new(Printer)
+        _pr_driver(printer, driver)
+        _pr_state(printer, state)
+        _pr_reasons(printer, reasons_t)
+        _pr_paper(printer, paper)
+        _pr_toner(printer, toner)
+        _pr_pages(printer, pages)
+
+    reader: Reader | None = None
+    r = get("reader")
+    if r is not None:
+        if type(r) is not dict:
+            return None
+        rget = r.get
+        rdriver = rget("driver")
+        rstate = rget("state")
+        if type(rdriver) is not str or type(rstate) is not str or rstate not in READER_STATES:
+            return None
+        card = rget("card_present")
+        if card is not None and type(card) is not bool:
+            return None
+        reader = _new(Reader)
+        _rd_driver(reader, rdriver)
+        _rd_state(reader, rstate)
+        _rd_card(reader, card)
+
+    status: Status = _new(Status)
+    _st_terminal(status, terminal)
+    _st_seq(status, seq)
+    _st_ts(status, ts)
+    _st_agent(status, agent)
+    _st_desired(status, desired)
+    _st_printer(status, printer)
+    _st_reader(status, reader)
+    _st_raw(status, doc)
+    _st_kind(status, "status")
+    return status
+
+
+def _status_generic(terminal: str, doc: dict[str, Any]) -> Status:
     seq, ts, agent = _seq_ts_agent(doc)
     _obj(doc, "host", "")  # free-form, but an object when present
     return Status(
