@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from datetime import UTC, datetime
@@ -396,3 +397,77 @@ def test_internal_errors_are_contained(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setitem(validate._BUILDERS, "status", boom)
     rejected(parse(report.topic(T, "status"), dumps(agent_status())), "internal_error")
+
+
+def _mutations(rng: random.Random) -> list[Any]:
+    """Values that break a field's type, range or enum, or are fine."""
+    return [
+        None,
+        True,
+        -1,
+        0,
+        1,
+        50,
+        100,
+        101,
+        1.5,
+        float("inf"),
+        "",
+        "x",
+        "idle",
+        "offline",
+        "media-low-report",
+        [],
+        ["media-low"],
+        [1],
+        {},
+        {"level_pct": 200},
+        2**63,
+        rng.random(),
+    ]
+
+
+def test_fast_status_path_never_accepts_what_the_generic_checks_refuse() -> None:
+    """The specialised status path duplicates the generic checks for speed: pin them together.
+
+    For every mutated report, the fast path either gives exactly the generic result or steps
+    aside (None); it never accepts a report the generic readers refuse.
+    """
+    rng = random.Random(20261127)
+    paths = [
+        "seq",
+        "ts",
+        "agent",
+        "desired",
+        "host",
+        "printer",
+        "printer.state",
+        "printer.reasons",
+        "printer.paper",
+        "printer.paper.level_pct",
+        "printer.paper.sheets_left",
+        "printer.paper.capacity",
+        "printer.paper.estimated",
+        "printer.toner_pct",
+        "printer.pages_total",
+        "reader",
+        "reader.state",
+        "reader.card_present",
+    ]
+    checked = 0
+    for _ in range(3000):
+        doc = agent_status()
+        for path in rng.sample(paths, rng.randint(1, 3)):
+            # A parent replaced by an earlier mutation may no longer hold the child: skip it.
+            with contextlib.suppress(TypeError, KeyError):
+                doc = _set(doc, path, rng.choice(_mutations(rng)))
+        fast = validate._status_fast("T-0001", doc)
+        try:
+            generic = validate._status_generic("T-0001", doc)
+        except validate._SchemaError:
+            assert fast is None, doc
+            continue
+        if fast is not None:
+            assert fast == generic, doc
+            checked += 1
+    assert checked > 100, "too few reports went through both paths to compare them"
