@@ -29,6 +29,7 @@ __all__ = [
     "base45_decode",
     "base45_encode",
     "kid_of_spki",
+    "open_cose_sign1",
     "revocation_list_json",
     "trust_list_json",
     "uscc_check_char",
@@ -177,6 +178,12 @@ def verify_cose_sign1(cose: bytes, key: VerifyingKey, external_aad: bytes = b"")
     """Verify a raw COSE_Sign1 (tagged 18 or untagged) with generic RFC 9052 rules: alg only from
     the protected header and matching the key. Returns "valid", "malformed", "unsupported_alg"
     or "bad_signature"."""
+
+def open_cose_sign1(
+    cose: bytes, key: VerifyingKey, external_aad: bytes = b""
+) -> tuple[_VerdictName, bytes | None, str]:
+    """verify_cose_sign1 that also returns the payload: (verdict, payload, detail), the payload
+    only when the verdict is "valid" (for signed documents such as the desired state)."""
 
 def base45_encode(data: bytes) -> str: ...
 def base45_decode(text: str) -> bytes:

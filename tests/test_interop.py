@@ -226,6 +226,36 @@ def test_reference_untagged_cose_verifies_in_rust(rust_key: Any, ref_twin: ref.R
     assert result.verdict == "valid", (result.stage, result.detail)
     public = rust_key.verifying_key()
     assert rust_core.verify_cose_sign1(cose, public) == "valid"
+    assert rust_core.open_cose_sign1(cose, public) == ("valid", payload, "")
+
+
+def test_open_cose_sign1_returns_the_payload_only_when_valid() -> None:
+    key = rust_core.SigningKey.generate("EdDSA")
+    other = rust_core.SigningKey.generate("EdDSA").verifying_key()
+    cose = key.sign_cose(b'{"version":3}', b"aad")
+    assert rust_core.open_cose_sign1(cose, key.verifying_key(), b"aad") == (
+        "valid",
+        b'{"version":3}',
+        "",
+    )
+    verdict, payload, detail = rust_core.open_cose_sign1(cose, other, b"aad")
+    assert (verdict, payload) == ("bad_signature", None) and detail
+    verdict, payload, _ = rust_core.open_cose_sign1(cose, key.verifying_key(), b"other aad")
+    assert (verdict, payload) == ("bad_signature", None)
+    tampered = cose.replace(b'"version":3', b'"version":4')
+    assert rust_core.open_cose_sign1(tampered, key.verifying_key(), b"aad")[:2] == (
+        "bad_signature",
+        None,
+    )
+    assert rust_core.open_cose_sign1(b"\x00garbage", key.verifying_key())[:2] == (
+        "malformed",
+        None,
+    )
+    es256 = rust_core.SigningKey.generate("ES256")
+    assert rust_core.open_cose_sign1(es256.sign_cose(b"x"), key.verifying_key())[:2] == (
+        "bad_signature",
+        None,
+    )
 
 
 @pytest.mark.parametrize("alg", ALGS)

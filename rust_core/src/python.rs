@@ -417,6 +417,21 @@ fn verify_cose_sign1(cose: &[u8], key: &PyVerifyingKey, external_aad: &[u8]) -> 
     seal::verify_cose(cose, &key.key, external_aad).0.as_str()
 }
 
+/// (verdict, payload, detail): the payload only when the verdict is "valid".
+#[pyfunction]
+#[pyo3(signature = (cose, key, external_aad = b"".as_slice()), text_signature = "(cose, key, external_aad=b'')")]
+fn open_cose_sign1<'py>(
+    py: Python<'py>,
+    cose: &[u8],
+    key: &PyVerifyingKey,
+    external_aad: &[u8],
+) -> (&'static str, Option<Bound<'py, PyBytes>>, String) {
+    match seal::open_cose(cose, &key.key, external_aad) {
+        Ok(payload) => ("valid", Some(PyBytes::new(py, payload)), String::new()),
+        Err((verdict, detail)) => (verdict.as_str(), None, detail),
+    }
+}
+
 #[pyfunction]
 fn base45_encode(data: &[u8]) -> String {
     base45::encode(data)
@@ -663,6 +678,7 @@ fn rust_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTrustStore>()?;
     m.add_class::<PyDccTrustStore>()?;
     m.add_function(wrap_pyfunction!(verify_cose_sign1, m)?)?;
+    m.add_function(wrap_pyfunction!(open_cose_sign1, m)?)?;
     m.add_function(wrap_pyfunction!(base45_encode, m)?)?;
     m.add_function(wrap_pyfunction!(base45_decode, m)?)?;
     m.add_function(wrap_pyfunction!(kid_of_spki, m)?)?;

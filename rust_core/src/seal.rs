@@ -174,30 +174,43 @@ pub fn parse_alg_name(name: &str) -> Result<Alg, KeyError> {
 /// Generic RFC 9052 check of one COSE_Sign1 with a known key: `alg` only from the protected
 /// header and equal to the key's algorithm. For conformance suites and other signed documents.
 pub fn verify_cose(data: &[u8], key: &VerifyingKey, external_aad: &[u8]) -> (Verdict, String) {
+    match open_cose(data, key, external_aad) {
+        Ok(_) => (Verdict::Valid, String::new()),
+        Err(e) => e,
+    }
+}
+
+/// `verify_cose`, returning the payload of a valid COSE_Sign1 (for signed documents other than
+/// licences, e.g. the desired-state document): the caller must never read an unverified one.
+pub fn open_cose<'a>(
+    data: &'a [u8],
+    key: &VerifyingKey,
+    external_aad: &[u8],
+) -> Result<&'a [u8], (Verdict, String)> {
     let sign1 = match cose::parse_sign1(data, cose::Wrapping::Sign1) {
         Ok(s) => s,
-        Err(e) => return (Verdict::Malformed, e),
+        Err(e) => return Err((Verdict::Malformed, e)),
     };
     let alg = match sign1.protected.alg {
-        None => return (Verdict::Malformed, "no alg in the protected header".into()),
+        None => return Err((Verdict::Malformed, "no alg in the protected header".into())),
         Some(cose::AlgHeader::Other(a)) => {
-            return (Verdict::UnsupportedAlg, format!("alg {a} is not supported"))
+            return Err((Verdict::UnsupportedAlg, format!("alg {a} is not supported")))
         }
         Some(cose::AlgHeader::Known(a)) => a,
     };
     if alg != key.alg() {
-        return (
+        return Err((
             Verdict::BadSignature,
             format!(
                 "header alg {alg} differs from the key's algorithm {}",
                 key.alg()
             ),
-        );
+        ));
     }
     let tbs = cose::sig_structure(sign1.protected_raw, external_aad, sign1.payload);
     if key.verify(&tbs, sign1.signature) {
-        (Verdict::Valid, String::new())
+        Ok(sign1.payload)
     } else {
-        (Verdict::BadSignature, "signature does not verify".into())
+        Err((Verdict::BadSignature, "signature does not verify".into()))
     }
 }
