@@ -1,0 +1,1 @@
+"""Desired state on the terminal: the signed document contract, and applying it atomically."""
