@@ -205,10 +205,8 @@ async def test_ack_after_reconnect_is_skipped_and_the_message_comes_again(
     r = await started(receivers, config(broker, reconnect_min_s=1, reconnect_max_s=1))
     await asyncio.to_thread(publish, broker, "T-0001", [status("T-0001", 1)])
     (first,) = await collect(r, 1, ack=False)
-    # Cut the connection under paho (a network failure); it reconnects to the same session.
-    sock = r._client.socket() if r._client else None
-    assert isinstance(sock, socket.socket)
-    sock.shutdown(socket.SHUT_RDWR)
+    # Cut the connection (a network failure); it reconnects to the same session.
+    r.drop_connection()
     (again,) = await collect(r, 1, ack=False)
     assert again.payload == first.payload and again.dup
     assert again.connection == first.connection + 1
@@ -272,7 +270,8 @@ async def test_full_hand_over_queue_blocks_instead_of_dropping(
     items = [status("T-0001", s) for s in range(50)]
     await asyncio.to_thread(publish, broker, "T-0001", items)
     await asyncio.sleep(0.3)
-    assert r.pending() == 5  # paho's thread waits, so the socket is not read: TCP backpressure
+    # Reading pauses at the bound (TCP backpressure); one read may carry a few more.
+    assert 5 <= r.pending() < 50
     got = await collect(r, 50)
     assert [m.payload for m in got] == [p for _, p in items]
 
