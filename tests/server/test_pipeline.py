@@ -150,6 +150,26 @@ async def test_restart_restores_sequence(db: str) -> None:
     assert await StatusSample.filter(terminal_id="T1").count() == 2
 
 
+async def test_restart_still_lets_an_open_gap_fill(db: str) -> None:
+    """Seqs 3 and 4 never came before the restart; after it, a late 4 is stored, and a
+    redelivered 5 is still a duplicate."""
+    await seed("T1")
+    p = await make_pipeline(db)
+    await p.handle([msg("T1", "status", status(s)) for s in (1, 2, 5)])
+    assert await SeqGap.filter(terminal_id="T1").count() == 1
+    again = await make_pipeline(db)
+    await again.handle([msg("T1", "status", status(s)) for s in (4, 5, 4)])
+    assert again.counts["duplicate"] == 2
+    stored = (
+        await StatusSample.filter(terminal_id="T1").order_by("seq").values_list("seq", flat=True)
+    )
+    assert stored == [1, 2, 4, 5]
+    third = await make_pipeline(db)  # 4 is no longer missing: only 3 is
+    await third.handle([msg("T1", "status", status(s)) for s in (4, 3)])
+    assert third.counts["duplicate"] == 1
+    assert await StatusSample.filter(terminal_id="T1").count() == 5
+
+
 GARBAGE = [
     ("fleet/v1/t/T1/status", b"\xff\xfe not utf-8"),
     ("fleet/v1/t/T1/status", b"{not json"),

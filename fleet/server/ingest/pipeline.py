@@ -52,6 +52,7 @@ from fleet.server.alerts import Transition as AlertTransition
 from fleet.server.alerts.rules import paper_level
 from fleet.server.db.models import Alert, DeadLetter, SeqGap, Terminal, TerminalEvent
 from fleet.server.events_bus import EventBus
+from fleet.server.ingest.gaps import missing_seqs
 from fleet.server.ingest.presence import PresenceTracker
 from fleet.server.ingest.presence import Transition as PresenceTransition
 from fleet.server.ingest.receiver import Received
@@ -140,10 +141,11 @@ class Pipeline:
         rows = await Terminal.all().values_list(
             "id", "site_id", "model", "online", "presence_reason", "presence_changed_at", "last_seq"
         )
+        missing = await missing_seqs(self.sequence.window)
         for tid, site, model, online, reason, changed_at, last_seq in rows:
             self._known[tid] = _Known(site, model)
             if last_seq is not None:
-                self.sequence.restore(tid, int(last_seq))
+                self.sequence.restore(tid, int(last_seq), missing=missing.get(tid, ()))
             if online or changed_at is not None:
                 self.presence.restore(
                     tid,
