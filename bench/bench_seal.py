@@ -3,12 +3,18 @@
     .venv/bin/python bench/bench_seal.py            # full run (2,000 licences per algorithm)
     .venv/bin/python bench/bench_seal.py --quick    # short run while developing
     .venv/bin/python bench/bench_seal.py --n 5000 --repeats 7 --json bench/results/seal.json
+    .venv/bin/python bench/bench_seal.py --alg QR   # only the QR section
 
 Everything runs in one process, side by side, on the same distinct, valid licences. Each figure is
 the median over several repeats (the machine is small and shared). Ratios are against the
 pure-Python stack (tests/lic1_reference.py: cbor2 + cryptography/gmssl + zlib + base45) running
 single-threaded, the same pipeline rust_core runs. Every verification is checked to be "valid"
 and every signed output is checked to verify, so no row measures garbage.
+
+The QR section draws the QR code of licence-sized LIC1 texts (alphanumeric mode, level Q, module
+4 px, quiet zone 4) with rust_core and with segno (SVG and PNG written to a BytesIO), and times bulk
+issuance (sign + SVG + PNG): rust_core's issue_many against sign_licence + segno, one at a time.
+The first and last code drawn in each batch are decoded with zxing-cpp.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.metadata
+import io
 import json
 import os
 import platform
@@ -30,12 +37,15 @@ from typing import Any
 
 import base45
 import cbor2
+import segno
+import zxingcpp
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
     encode_dss_signature,
 )
+from PIL import Image
 from pycose.algorithms import EdDSA, Es256
 from pycose.headers import KID, Algorithm
 from pycose.keys.cosekey import CoseKey
@@ -47,6 +57,9 @@ import lic1_reference as ref  # lives with the tests, shared with them
 import rust_core
 
 ALGS = ("EdDSA", "ES256", "SM2")
+QR = "QR"  # the QR section, filed like an algorithm (`--alg QR` runs only it)
+QR_MODULE_PX = 4
+QR_BORDER = 4
 # Row keys, in print order, with their labels (the SM2 labels name gmssl instead).
 ROWS = ("rust_one", "rust_many", "python", "pycose", "raw")
 PYCOSE_ALGS = {"EdDSA": EdDSA, "ES256": Es256}
@@ -78,6 +91,9 @@ TARGETS = (
     Target(
         "SM2 one-at-a-time verify ≥ 50× gmssl (stricter)", "SM2", "verify", "rust_one", 50, "raw"
     ),
+    # "rust_core renders the QR (SVG and PNG) ≥ 10× faster than segno", licence-sized text.
+    Target("QR code as SVG ≥ 10× segno", QR, "svg", "rust", 10, "segno"),
+    Target("QR code as PNG ≥ 10× segno", QR, "png", "rust", 10, "segno"),
 )
 
 NOTES = (
@@ -86,6 +102,9 @@ NOTES = (
     " it is measured through Sign1Message.from_cose_obj, decode's own next step.",
     "signature alone: ES256's r||s is converted to DER for cryptography before timing; signing"
     " output stays DER. SM2 signing draws its nonce from `secrets` (gmssl's own uses `random`).",
+    "QR: segno.make(text, error='q', mode='alphanumeric', micro=False, boost_error=False), saved"
+    " with scale=4, border=4 to a BytesIO; rust_core.qr_svg / qr_png(text, 4). Each call encodes"
+    " (mask choice included) and draws; 'SVG + PNG' makes one segno code and saves it twice.",
 )
 
 
@@ -108,6 +127,7 @@ class AlgResult:
     alg: str
     rows: dict[str, dict[str, Measurement]] = field(default_factory=dict)  # op -> row -> m
     skipped: dict[str, str] = field(default_factory=dict)  # row -> why
+    info: dict[str, Any] = field(default_factory=dict)  # what else describes the workload
 
     def ratio(self, op: str, row: str, baseline: str = "python") -> float | None:
         table = self.rows.get(op, {})
@@ -383,6 +403,160 @@ def run_alg(alg: str, n: int, slow_n: int, repeats: int) -> AlgResult:
     return result
 
 
+# --- QR codes: rust_core against segno ------------------------------------------------------
+
+
+def segno_code(text: str) -> Any:
+    return segno.make(text, error="q", mode="alphanumeric", micro=False, boost_error=False)
+
+
+def segno_save(code: Any, kind: str) -> bytes:
+    out = io.BytesIO()
+    code.save(out, kind=kind, scale=QR_MODULE_PX, border=QR_BORDER)
+    return out.getvalue()
+
+
+def segno_svg(text: str) -> bytes:
+    return segno_save(segno_code(text), "svg")
+
+
+def segno_png(text: str) -> bytes:
+    return segno_save(segno_code(text), "png")
+
+
+def segno_both(text: str) -> tuple[bytes, bytes]:
+    code = segno_code(text)
+    return segno_save(code, "svg"), segno_save(code, "png")
+
+
+def rust_both(text: str) -> tuple[str, bytes]:
+    return rust_core.qr_svg(text, QR_MODULE_PX), rust_core.qr_png(text, QR_MODULE_PX)
+
+
+def segno_issue(key: Any, claims: dict[str, Any]) -> tuple[str, bytes, bytes]:
+    text = key.sign_licence(claims)
+    return (text, *segno_both(text))
+
+
+def rust_issue_one(key: Any, claims: dict[str, Any]) -> tuple[str, str, bytes]:
+    text = key.sign_licence(claims)
+    return (text, *rust_both(text))
+
+
+def decodes_to(png: bytes, text: str) -> None:
+    found = zxingcpp.read_barcodes(
+        Image.open(io.BytesIO(png)), formats=zxingcpp.BarcodeFormat.QRCode
+    )
+    ensure([f.text for f in found] == [text], "a drawn QR code does not decode to its text")
+
+
+def qr_checker(texts: Sequence[str], kind: str) -> Callable[[Sequence[Any]], None]:
+    """Outputs of one batch: as many as texts; SVGs look like SVG; PNG (or the PNG of a pair)
+    of the first and last text decode to it."""
+
+    def check(outputs: Sequence[Any]) -> None:
+        ensure(len(outputs) == len(texts), "a QR code is missing")
+        for i in (0, len(texts) - 1):
+            out = outputs[i]
+            if kind == "svg":
+                head = out[:200].decode() if isinstance(out, bytes) else out[:200]
+                ensure("<svg" in head, "not an SVG")
+            else:
+                decodes_to(out[1] if kind == "both" else out, texts[i])
+
+    return check
+
+
+def issued_checker(store: Any, at: int, n: int) -> Callable[[Sequence[Any]], None]:
+    def check(issued: Sequence[Any]) -> None:
+        texts = [t for t, _, _ in issued]
+        ensure(len(texts) == n and len(set(texts)) == n, "issued licences must be distinct")
+        all_valid(store.verify_many(texts, at=at))
+        for i in (0, n - 1):
+            decodes_to(issued[i][2], texts[i])
+
+    return check
+
+
+def run_qr(n: int, qr_n: int, slow_n: int, repeats: int) -> AlgResult:
+    key = rust_core.SigningKey.generate("EdDSA")
+    store = rust_core.TrustStore.from_keys([key])
+    at = int(time.time())
+    claims = [
+        ref.make_claims(iat=at - 60, exp=at + 86_400 * 365, term=f"T-{i:04d}") for i in range(n)
+    ]
+    texts = key.sign_many(claims[:qr_n])
+    result = AlgResult(QR)
+    for op, rust_fn, segno_fn in (
+        ("svg", lambda t: rust_core.qr_svg(t, QR_MODULE_PX), segno_svg),
+        ("png", lambda t: rust_core.qr_png(t, QR_MODULE_PX), segno_png),
+        ("both", rust_both, segno_both),
+    ):
+        check = qr_checker(texts, op)
+        result.rows[op] = {
+            "rust": measure(lambda f=rust_fn: [f(t) for t in texts], check, qr_n, repeats),
+            "segno": measure(lambda f=segno_fn: [f(t) for t in texts], check, qr_n, repeats),
+        }
+    result.rows["issue"] = {
+        "rust_many": measure(
+            lambda: key.issue_many(claims, QR_MODULE_PX), issued_checker(store, at, n), n, repeats
+        ),
+        "rust_one": measure(
+            lambda: [rust_issue_one(key, c) for c in claims],
+            issued_checker(store, at, n),
+            n,
+            repeats,
+        ),
+        "segno": measure(
+            lambda: [segno_issue(key, c) for c in claims[:slow_n]],
+            issued_checker(store, at, slow_n),
+            slow_n,
+            repeats,
+        ),
+    }
+    result.info = {
+        "text_chars": statistics.median(len(t) for t in texts),
+        "versions": sorted({(len(rust_core.qr_matrix(t)) - 17) // 4 for t in texts}),
+    }
+    return result
+
+
+QR_ROWS = (
+    ("svg", "rust", "rust_core.qr_svg"),
+    ("svg", "segno", "segno make + SVG"),
+    ("png", "rust", "rust_core.qr_png"),
+    ("png", "segno", "segno make + PNG"),
+    ("both", "rust", "rust_core.qr_svg + qr_png"),
+    ("both", "segno", "segno make + SVG + PNG"),
+    ("issue", "rust_many", "rust_core issue_many ({cores} cores)"),
+    ("issue", "rust_one", "sign_licence + qr_svg + qr_png, one at a time"),
+    ("issue", "segno", "sign_licence + segno SVG + PNG, one at a time"),
+)
+
+
+def qr_label(op: str, row: str) -> str:
+    label = next(lbl for o, r, lbl in QR_ROWS if (o, r) == (op, row))
+    return label.format(cores=os.cpu_count() or 1).replace("segno", f"segno {version('segno')}", 1)
+
+
+def print_qr(result: AlgResult) -> None:
+    info = result.info
+    print(
+        f"\nQR codes: LIC1 texts of ~{info['text_chars']:.0f} characters (version "
+        f"{', '.join(map(str, info['versions']))}-Q), module {QR_MODULE_PX} px, quiet zone "
+        f"{QR_BORDER}"
+    )
+    print(f"{'implementation':52} {'n':>5} {'ops/s':>11} {'per op':>10} {'× segno':>8}")
+    for op, row, _ in QR_ROWS:
+        if op == "issue" and row == "rust_many":
+            print(f"bulk issuance (sign + SVG + PNG){'':20} {'':>5} {'licences/s':>11}")
+        m = result.rows[op][row]
+        ratio = result.ratio(op, row, "segno")
+        ratio_text = f"{ratio:7.1f}×" if ratio is not None and row != "segno" else ""
+        per_op = f"{m.median_s / m.n * 1e3:8.3f}ms"
+        print(f"{qr_label(op, row):52} {m.n:>5} {m.ops_per_s:11,.1f} {per_op:>10} {ratio_text:>8}")
+
+
 # --- report ------------------------------------------------------------------------------------
 
 
@@ -453,14 +627,20 @@ def print_targets(targets: list[dict[str, Any]]) -> None:
 
 def alg_json(result: AlgResult) -> dict[str, Any]:
     out: dict[str, Any] = {"skipped": result.skipped}
+    if result.info:
+        out["info"] = result.info
     for op, table in result.rows.items():
         out[op] = {
             row: {
-                "label": row_label(row, result.alg),
+                "label": qr_label(op, row) if result.alg == QR else row_label(row, result.alg),
                 "n": m.n,
                 "median_s": m.median_s,
                 "ops_per_s": m.ops_per_s,
-                "ratio_vs_python_stack": result.ratio(op, row),
+                **(
+                    {"ratio_vs_segno": result.ratio(op, row, "segno")}
+                    if result.alg == QR
+                    else {"ratio_vs_python_stack": result.ratio(op, row)}
+                ),
                 "runs_s": m.runs_s,
             }
             for row, m in table.items()
@@ -471,7 +651,7 @@ def alg_json(result: AlgResult) -> dict[str, Any]:
 def to_json(
     results: dict[str, AlgResult], targets: list[dict[str, Any]], args: argparse.Namespace
 ) -> dict[str, Any]:
-    libs = ("cryptography", "cbor2", "base45", "pycose", "gmssl")
+    libs = ("cryptography", "cbor2", "base45", "pycose", "gmssl", "segno", "zxing-cpp")
     meta = {
         "cpu_count": os.cpu_count(),
         "load_average_at_end": os.getloadavg(),
@@ -479,6 +659,7 @@ def to_json(
         "machine": platform.machine(),
         "n": args.n,
         "slow_n": args.slow_n,
+        "qr_n": args.qr_n,
         "repeats": args.repeats,
         "quick": args.quick,
         "versions": {lib: version(lib) for lib in libs},
@@ -496,16 +677,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="short run: 300 licences, 3 repeats")
     parser.add_argument("--n", type=int, help="licences per algorithm (default 2000; quick 300)")
     parser.add_argument(
-        "--slow-n", type=int, help="licences for the gmssl paths (default 50; quick 10)"
+        "--slow-n",
+        type=int,
+        help="licences for the gmssl and sign + segno paths (default 50; quick 10)",
+    )
+    parser.add_argument(
+        "--qr-n", type=int, help="distinct texts for the QR drawing rows (default 20; quick 5)"
     )
     parser.add_argument(
         "--repeats", type=int, help="timed repeats, median reported (default 5; quick 3)"
     )
-    parser.add_argument("--alg", action="append", choices=ALGS, help="only these algorithms")
+    parser.add_argument(
+        "--alg", action="append", choices=(*ALGS, QR), help="only these algorithms (QR: QR codes)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     args = parser.parse_args(argv)
     args.n = args.n or (300 if args.quick else 2000)
     args.slow_n = min(args.slow_n or (10 if args.quick else 50), args.n)
+    args.qr_n = args.qr_n or (5 if args.quick else 20)
     args.repeats = args.repeats or (3 if args.quick else 5)
     return args
 
@@ -518,7 +707,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f} at start"
     )
     results = {}
-    for alg in args.alg or ALGS:
+    for alg in args.alg or (*ALGS, QR):
+        if alg == QR:
+            results[alg] = run_qr(args.n, args.qr_n, args.slow_n, args.repeats)
+            print_qr(results[alg])
+            continue
         results[alg] = run_alg(alg, args.n, args.slow_n, args.repeats)
         print_alg(results[alg])
     targets = evaluate_targets(results)

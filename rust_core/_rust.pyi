@@ -20,6 +20,7 @@ __all__ = [
     "ALGORITHMS",
     "MAX_DECOMPRESSED_BYTES",
     "MAX_TEXT_CHARS",
+    "QR_MAX_CHARS",
     "VERDICTS",
     "DccTrustStore",
     "SigningKey",
@@ -30,6 +31,9 @@ __all__ = [
     "base45_encode",
     "kid_of_spki",
     "open_cose_sign1",
+    "qr_matrix",
+    "qr_png",
+    "qr_svg",
     "revocation_list_json",
     "trust_list_json",
     "uscc_check_char",
@@ -45,6 +49,8 @@ ALGORITHMS: Final[tuple[str, ...]]
 MAX_TEXT_CHARS: Final[int]
 #: Inflating stops (verdict `too_large`) once output would exceed this many bytes.
 MAX_DECOMPRESSED_BYTES: Final[int]
+#: The longest text qr_svg / qr_png draw: alphanumeric capacity of a version 40-Q symbol (2420).
+QR_MAX_CHARS: Final[int]
 
 @final
 class SigningKey:
@@ -77,6 +83,12 @@ class SigningKey:
     def sign_many(self, claims: Sequence[Mapping[str, Any]]) -> list[str]:
         """sign_licence for many: inputs are copied first, then signed on every core
         with the GIL released."""
+    def issue_many(
+        self, claims: Sequence[Mapping[str, Any]], module_px: int = 4
+    ) -> list[tuple[str, str, bytes]]:
+        """sign_many that also draws each QR code: [(LIC1 text, SVG, PNG), ...] in input order.
+        Inputs are copied first, then signed and drawn on every core with the GIL released.
+        Raises ClaimsError (naming claims[i]) or ValueError for module_px outside 1-64."""
     def sign_cose(self, payload: bytes, external_aad: bytes = b"", tagged: bool = True) -> bytes:
         """A raw COSE_Sign1 over `payload` with protected {1: alg, 4: kid} (for other documents)."""
 
@@ -200,3 +212,16 @@ def uscc_is_valid(code: str) -> bool:
 
 def trust_list_json(keys: Sequence[VerifyingKey | SigningKey], issuer: str) -> str: ...
 def revocation_list_json(serials: Iterable[bytes]) -> str: ...
+def qr_svg(text: str, module_px: int = 4) -> str:
+    """The QR code of a LIC1 text as an SVG document: QR Model 2, one alphanumeric segment,
+    error correction Q, smallest version, mask by the ISO 18004 penalty rules, 4-module quiet
+    zone; viewBox in modules, width/height module_px per module, one <path> of row runs.
+
+    Raises ValueError for an empty text, a character outside 0-9 A-Z space $%*+-./:, more than
+    QR_MAX_CHARS characters, or module_px outside 1-64."""
+
+def qr_png(text: str, module_px: int = 4) -> bytes:
+    """The same QR code as a 1-bit grayscale PNG, module_px pixels per module. Raises as qr_svg."""
+
+def qr_matrix(text: str) -> list[str]:
+    """The symbol's modules without the quiet zone: one str per row, "1" dark, "0" light."""

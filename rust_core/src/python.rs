@@ -11,10 +11,11 @@ use crate::cbor::Value;
 use crate::claims::{Licence, SERIAL_LEN};
 use crate::dcc::{DccKey, DccTrustStore};
 use crate::keys::{self, Alg, KeyError, SigningKey, VerifyingKey};
+use crate::qr::{QrCode, QrError};
 use crate::seal;
 use crate::trust::{self, TrustStore};
 use crate::verdict::{Claims, Outcome, Verdict};
-use crate::{base45, uscc};
+use crate::{base45, qr_issue, qr_render, uscc};
 
 pyo3::import_exception!(rust_core._errors, LicenceError);
 pyo3::import_exception!(rust_core._errors, KeyFormatError);
@@ -34,6 +35,12 @@ impl From<KeyError> for PyErr {
 impl From<trust::TrustListError> for PyErr {
     fn from(e: trust::TrustListError) -> PyErr {
         TrustListError::new_err(e.0)
+    }
+}
+
+impl From<QrError> for PyErr {
+    fn from(e: QrError) -> PyErr {
+        PyValueError::new_err(e.to_string())
     }
 }
 
@@ -104,16 +111,34 @@ impl PySigningKey {
 
     /// Claims are copied and checked first (with the GIL), then signed on every core without it.
     fn sign_many(&self, py: Python<'_>, claims: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
-        let licences = claims
-            .try_iter()?
-            .enumerate()
-            .map(|(i, c)| licence_from_py(&c?).map_err(|e| prefix_err(e, &format!("claims[{i}]"))))
-            .collect::<PyResult<Vec<_>>>()?;
+        let licences = licences_from_py(claims)?;
         let texts = py.detach(|| seal::issue_many(&self.key, &self.kid, &licences));
         texts
             .into_iter()
             .enumerate()
             .map(|(i, t)| t.map_err(|e| ClaimsError::new_err(format!("claims[{i}]: {e}"))))
+            .collect()
+    }
+
+    /// sign_many that also draws each licence's QR code: (text, SVG, PNG) per claims. Claims are
+    /// copied and checked first (with the GIL), then signed and drawn on every core without it.
+    #[pyo3(signature = (claims, module_px = 4))]
+    fn issue_many<'py>(
+        &self,
+        py: Python<'py>,
+        claims: &Bound<'py, PyAny>,
+        module_px: i64,
+    ) -> PyResult<Vec<(String, String, Bound<'py, PyBytes>)>> {
+        let px = qr_render::check_module_px(module_px)?;
+        let licences = licences_from_py(claims)?;
+        let issued = py.detach(|| qr_issue::issue_many(&self.key, &self.kid, &licences, px));
+        issued
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let r = r.map_err(|e| ClaimsError::new_err(format!("claims[{i}]: {e}")))?;
+                Ok((r.text, r.svg, PyBytes::new(py, &r.png)))
+            })
             .collect()
     }
 
@@ -473,6 +498,27 @@ fn revocation_list_json(serials: &Bound<'_, PyAny>) -> PyResult<String> {
     Ok(trust::revocation_list_json(&serial_list(serials)?))
 }
 
+/// The QR code of a LIC1 text as SVG (alphanumeric mode, level Q, 4-module quiet zone).
+#[pyfunction]
+#[pyo3(signature = (text, module_px = 4))]
+fn qr_svg(py: Python<'_>, text: &str, module_px: i64) -> PyResult<String> {
+    Ok(py.detach(|| qr_render::svg_of(text, module_px))?)
+}
+
+/// The QR code of a LIC1 text as a 1-bit grayscale PNG.
+#[pyfunction]
+#[pyo3(signature = (text, module_px = 4))]
+fn qr_png<'py>(py: Python<'py>, text: &str, module_px: i64) -> PyResult<Bound<'py, PyBytes>> {
+    let png = py.detach(|| qr_render::png_of(text, module_px))?;
+    Ok(PyBytes::new(py, &png))
+}
+
+/// The symbol's modules, rows of '1' (dark) and '0', without the quiet zone.
+#[pyfunction]
+fn qr_matrix(text: &str) -> PyResult<Vec<String>> {
+    Ok(QrCode::encode(text)?.to_strings())
+}
+
 // ---- conversions ---------------------------------------------------------------------------
 
 fn pem_text(pem: &Bound<'_, PyAny>) -> PyResult<String> {
@@ -563,6 +609,15 @@ where
                 .map_err(|_| ClaimsError::new_err(format!("{key} must be {kind}")))
         })
         .transpose()
+}
+
+/// Every claims mapping of an iterable, converted and checked; errors name the index.
+fn licences_from_py(claims: &Bound<'_, PyAny>) -> PyResult<Vec<Licence>> {
+    claims
+        .try_iter()?
+        .enumerate()
+        .map(|(i, c)| licence_from_py(&c?).map_err(|e| prefix_err(e, &format!("claims[{i}]"))))
+        .collect()
 }
 
 fn licence_from_py(claims: &Bound<'_, PyAny>) -> PyResult<Licence> {
@@ -686,6 +741,9 @@ fn rust_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(uscc_is_valid, m)?)?;
     m.add_function(wrap_pyfunction!(trust_list_json, m)?)?;
     m.add_function(wrap_pyfunction!(revocation_list_json, m)?)?;
+    m.add_function(wrap_pyfunction!(qr_svg, m)?)?;
+    m.add_function(wrap_pyfunction!(qr_png, m)?)?;
+    m.add_function(wrap_pyfunction!(qr_matrix, m)?)?;
     m.add(
         "VERDICTS",
         PyTuple::new(py, Verdict::ALL.iter().map(|v| v.as_str()))?,
@@ -696,5 +754,6 @@ fn rust_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     m.add("MAX_TEXT_CHARS", seal::MAX_TEXT_CHARS)?;
     m.add("MAX_DECOMPRESSED_BYTES", seal::MAX_DECOMPRESSED_BYTES)?;
+    m.add("QR_MAX_CHARS", crate::qr::MAX_CHARS_Q)?;
     Ok(())
 }
