@@ -15,6 +15,8 @@ Layout (see packaging/agent.example.toml):
     [broker]          url, username (default: terminal_id), password | password_file, ca_file, ...
     [intervals]       status_interval_s, poll_interval_s, debounce_s
     [outbox]          budget_bytes
+    [server]          url = "https://fleet.example.org" (optional: where large form templates
+                      named by a desired-state document are fetched from)
     [printer]         driver = "ipp" | "escpos" | "sim"; every other key goes to the driver
     [reader]          driver = "pcsc" | "sim"; every other key goes to the driver
 """
@@ -89,6 +91,8 @@ class AgentConfig:
     #: The fleet's config-signing public key; stored now, checked by the desired-state apply.
     config_public_key: Path | None = None
     log_level: str = "info"
+    #: The fleet server's base URL (http[s]://host[:port]), for templates fetched by `url`.
+    server_url: str | None = None
     #: How long a clean shutdown may spend flushing the outbox before it says goodbye.
     shutdown_flush_s: float = 5.0
 
@@ -128,6 +132,7 @@ def parse(
         outbox_budget_bytes=_outbox(t.table("outbox", optional=True)),
         config_public_key=t.optional_path("config_public_key", must_exist=True),
         log_level=t.choice("log_level", LOG_LEVELS, default="info"),
+        server_url=_server(t.table("server", optional=True)),
         shutdown_flush_s=t.number("shutdown_flush_s", default=5.0, minimum=0.0),
     )
     t.no_unknown_keys()
@@ -199,6 +204,23 @@ def _intervals(t: _Table) -> Intervals:
     )
     t.no_unknown_keys()
     return cfg
+
+
+def _server(t: _Table) -> str | None:
+    if not t.doc and t.missing:
+        return None
+    url = t.string("url")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        t.fail("url", f"{url!r}: expected http[s]://host[:port]")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        t.fail("url", f"{url!r}: expected http[s]://host[:port][/path] with nothing else")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        t.fail("url", f"{url!r}: bad port")
+    t.no_unknown_keys()
+    return url.rstrip("/")
 
 
 def _outbox(t: _Table) -> int:

@@ -33,6 +33,15 @@ at once without polling. Every paho call and callback therefore happens on this 
     otherwise a terminal whose id does not match its credentials would reconnect for ever
     without getting to its queue. After the hold one message probes again, in case the
     broker's ACL was fixed meanwhile.
+- Incoming messages are routed by topic suffix: `desired` to `on_desired(payload)`, `cmd` to
+  `on_cmd(payload)` (other suffixes to `handlers`). Callbacks run on this thread, so they must
+  only hand the payload over (agent.desired.apply queues it to its own worker).
+- Messages that are answers rather than reports (`reported`, `cmd/result`) do not go through the
+  outbox: `publish(kind, payload)` queues them in memory, and they go QoS 1 ahead of outbox rows
+  when connected, within the same window. Of `reported` only the latest queued one is kept: it
+  is a state, not a history. One sent but not acknowledged when the connection drops is sent
+  again on the next one. `on_ready()` is called on every connection once traffic may flow, so
+  the caller can say its current state.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ import os
 import select
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -69,6 +79,11 @@ REFUSAL_HOLD_S = 300.0
 #: Subscriptions the agent makes; handlers for them are plugged in by later features.
 SUBSCRIBED = ("desired", "cmd")
 
+#: Kinds of `publish` for which a newer queued message replaces an older one.
+LATEST_ONLY = frozenset({"reported"})
+#: At most this many `publish` messages wait for a connection; the oldest go first.
+MAX_DIRECT_QUEUED = 100
+
 Handler = Callable[[str, bytes], None]
 
 
@@ -81,12 +96,24 @@ class MqttLink:
         outbox: Outbox,
         agent_version: str,
         handlers: Mapping[str, Handler] | None = None,
+        on_desired: Callable[[bytes], None] | None = None,
+        on_cmd: Callable[[bytes], None] | None = None,
+        on_ready: Callable[[], None] | None = None,
     ) -> None:
         self.terminal_id = terminal_id
         self.broker = broker
         self.outbox = outbox
         self.agent_version = agent_version
         self.handlers = dict(handlers or {})
+        if on_desired is not None:
+            self.handlers["desired"] = lambda topic, payload: on_desired(payload)
+        if on_cmd is not None:
+            self.handlers["cmd"] = lambda topic, payload: on_cmd(payload)
+        self.on_ready = on_ready
+        self._direct_lock = threading.Lock()
+        #: (kind, payload) waiting to be published; and those awaiting PUBACK, by mid.
+        self._direct: deque[tuple[str, bytes]] = deque()
+        self._direct_inflight: dict[int, tuple[str, bytes]] = {}
         self.backoff = Backoff(broker.reconnect_min_s, broker.reconnect_max_s)
         self.connected = False
         self._presence_topic = report.topic(terminal_id, "presence")
@@ -124,6 +151,17 @@ class MqttLink:
         with self._wake_lock, contextlib.suppress(BlockingIOError):
             if self._wake_w >= 0:
                 os.write(self._wake_w, b"w")  # BlockingIOError: one is already pending
+
+    def publish(self, kind: str, payload: bytes) -> None:
+        """Queue a non-outbox message for `fleet/v1/t/{id}/{kind}` (any thread), QoS 1."""
+        with self._direct_lock:
+            if kind in LATEST_ONLY:
+                self._direct = deque(m for m in self._direct if m[0] != kind)
+            self._direct.append((kind, payload))
+            while len(self._direct) > MAX_DIRECT_QUEUED:
+                dropped = self._direct.popleft()
+                log.warning("dropped an unsent %s message: too many queued", dropped[0])
+        self.wake()
 
     def stop(self, flush_s: float) -> None:
         """Flush for at most `flush_s`, say goodbye (presence offline), disconnect, join."""
@@ -201,6 +239,7 @@ class MqttLink:
     def _connect(self) -> None:
         self._settle()  # PUBACKs that arrived before the old connection dropped still count
         self._inflight.clear()
+        self._requeue_direct()
         self._last_sent_id = 0
         self._rewind_at = None
         self._client = self._make_client()
@@ -306,6 +345,11 @@ class MqttLink:
             [(report.topic(self.terminal_id, k), SubscribeOptions(qos=1)) for k in SUBSCRIBED]
         )
         self._ready = True
+        if self.on_ready is not None:
+            try:
+                self.on_ready()
+            except Exception:
+                log.exception("on_ready failed")
 
     def _on_disconnect(
         self,
@@ -340,6 +384,16 @@ class MqttLink:
             self._presence_acked.set()
             if not self._ready and not self._stop.is_set():
                 self._open_for_traffic(client)
+            return
+        direct = self._direct_inflight.pop(mid, None)
+        if direct is not None:
+            topic = report.topic(self.terminal_id, direct[0])
+            if reason.is_failure:
+                log.error("broker refused %s message: %s; dropped", direct[0], reason)
+                if reason.value in PERMANENT_REFUSALS:
+                    self._refused[topic] = time.monotonic()
+            else:
+                self._cwnd = min(self._window, self._cwnd * 2)
             return
         row = self._inflight.pop(mid, None)
         if row is not None:
@@ -410,7 +464,9 @@ class MqttLink:
                 return
             self._rewind_at = None
             self._last_sent_id = 0
-        free = min(self._cwnd, self._window) - len(self._inflight)
+        if not self._pump_direct(c):
+            return
+        free = min(self._cwnd, self._window) - len(self._inflight) - len(self._direct_inflight)
         held: list[Row] = []
         try:
             while free > 0:
@@ -442,6 +498,41 @@ class MqttLink:
                 )
                 self.outbox.reject(r.id for r in held)
 
+    def _pump_direct(self, c: mqtt.Client) -> bool:
+        """Send queued `publish` messages within the window; False if the connection went."""
+        while True:
+            if len(self._inflight) + len(self._direct_inflight) >= min(self._cwnd, self._window):
+                return True
+            with self._direct_lock:
+                if not self._direct:
+                    return True
+                kind, payload = self._direct.popleft()
+            topic = report.topic(self.terminal_id, kind)
+            if self._is_refused(topic):
+                log.error("dropped a %s message without sending: the broker refused it", kind)
+                continue
+            info = c.publish(topic, payload, qos=1)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                with self._direct_lock:
+                    self._direct.appendleft((kind, payload))
+                return False
+            self._direct_inflight[info.mid] = (kind, payload)
+
+    def _requeue_direct(self) -> None:
+        """Messages sent on a lost connection without a PUBACK go again, before newer ones."""
+        if not self._direct_inflight:
+            return
+        unacked = [self._direct_inflight[mid] for mid in sorted(self._direct_inflight)]
+        self._direct_inflight.clear()
+        with self._direct_lock:
+            queued = {k for k, _ in self._direct if k in LATEST_ONLY}
+            for kind, payload in reversed(unacked):
+                if kind in queued:
+                    continue  # a newer one of a latest-only kind is already waiting
+                self._direct.appendleft((kind, payload))
+                if kind in LATEST_ONLY:
+                    queued.add(kind)
+
     def _is_refused(self, topic: str) -> bool:
         since = self._refused.get(topic)
         if since is None:
@@ -458,7 +549,12 @@ class MqttLink:
         if c is not None and self.connected and c.socket() is not None:
             while self.connected and time.monotonic() < self._flush_deadline:
                 self._settle()
-                if not self._inflight and self.outbox.stats().queued == 0:
+                if (
+                    not self._inflight
+                    and not self._direct_inflight
+                    and not self._direct
+                    and self.outbox.stats().queued == 0
+                ):
                     break
                 self._pump()
                 self._io(min(0.2, max(0.0, self._flush_deadline - time.monotonic())))

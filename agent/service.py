@@ -3,22 +3,36 @@
 Shutdown on SIGTERM/SIGINT: the reporter stops, the link flushes the outbox for at most
 `shutdown_flush_s`, publishes presence `online:false` and disconnects cleanly; whatever could not
 be sent stays in the outbox for the next start.
+
+Desired state (agent.desired): the stored document is re-verified and its settings applied before
+the first report; `desired` messages go from the MQTT thread to the applier's worker thread.
+`cmd` messages go to agent.commands.CommandRunner on a worker thread of their own; results go
+out on `cmd/result`. `restart_agent` stops the agent cleanly (exit 0): systemd's
+Restart=always starts it again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import json
 import logging
 import os
+import queue
 import signal
 import sqlite3
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, Any
 
+from agent.commands import CommandRunner
 from agent.config import AgentConfig, ConfigError
+from agent.desired.apply import Applier, Effective, LiveTarget, load_key
+from agent.desired.store import DesiredStore
 from agent.devices import BoundedDevice
 from agent.drivers.base import PrinterStatus, ReaderStatus
 from agent.drivers.factory import make_printer, make_reader
@@ -36,6 +50,10 @@ EXIT_CONFIG = 2
 
 OUTBOX_FILE = "outbox.db"
 LOCK_FILE = "agent.lock"
+DESIRED_DIR = "desired"
+#: Test hook: seconds to sleep after each step of a desired-state commit, so the power-cut
+#: test can kill the process inside the write sequence. Unset in production.
+STEP_DELAY_ENV = "FLEET_AGENT_TEST_DESIRED_STEP_DELAY_S"
 
 
 def setup_logging(level: str) -> None:
@@ -83,8 +101,16 @@ def _run(cfg: AgentConfig) -> int:
         return EXIT_CONFIG
 
     version = agent_version()
+    applier: Applier | None = None
+    commands: CommandWorker | None = None
     link = MqttLink(
-        terminal_id=cfg.terminal_id, broker=cfg.broker, outbox=outbox, agent_version=version
+        terminal_id=cfg.terminal_id,
+        broker=cfg.broker,
+        outbox=outbox,
+        agent_version=version,
+        on_desired=lambda payload: applier.submit(payload) if applier else None,
+        on_cmd=lambda payload: commands.submit(payload) if commands else None,
+        on_ready=lambda: applier.request_state_report() if applier else None,
     )
     paper = None
     if printer is not None and cfg.printer is not None:
@@ -103,15 +129,43 @@ def _run(cfg: AgentConfig) -> int:
         paper=paper,
         wake=link.wake,
     )
+    applier = Applier(
+        terminal_id=cfg.terminal_id,
+        key=load_key(cfg.config_public_key),
+        store=DesiredStore(cfg.data_dir / DESIRED_DIR, step=_step_hook()),
+        base=Effective.from_agent_config(cfg),
+        target=LiveTarget(reporter, printer, reader),
+        publish=lambda msg: link.publish("reported", _dumps(msg)),
+        server_url=cfg.server_url,
+    )
+    applier.load()
+    stop = threading.Event()
+    restart = threading.Event()
+
+    def request_restart() -> None:
+        log.info("restart requested by a remote command")
+        restart.set()
+        stop.set()
+        reporter.kick()
+
+    commands = CommandWorker(
+        CommandRunner(
+            cfg.terminal_id,
+            printer.driver if printer is not None else None,
+            reporter.refresh,
+            request_restart,
+            state_dir=cfg.data_dir,
+        ),
+        publish=lambda msg: link.publish("cmd/result", _dumps(msg)),
+    )
     if outbox.recovered:
         # Say so on the wire too: the server sees why seq may jump or restart.
         reporter.emit("outbox_reset", detail=outbox.recovered)
 
-    stop = threading.Event()
-
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("%s received: stopping", signal.Signals(signum).name)
         stop.set()
+        reporter.kick()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -123,10 +177,14 @@ def _run(cfg: AgentConfig) -> int:
         outbox.next_seq,
         outbox.stats().queued,
     )
+    applier.start()
+    commands.start()
     link.start()
     try:
         reporter.run(stop)
     finally:
+        applier.stop()
+        commands.stop()  # before the link: a result (of restart_agent, say) still goes out
         link.stop(cfg.shutdown_flush_s)
         for dev in (printer, reader):
             if dev is not None:
@@ -135,8 +193,57 @@ def _run(cfg: AgentConfig) -> int:
                 except Exception as e:
                     log.warning("%s", e)
         outbox.close()
-    log.info("stopped")
+    log.info("stopped%s", " for a restart (the service manager starts us again)" * restart.is_set())
     return EXIT_OK
+
+
+def _dumps(msg: dict[str, Any]) -> bytes:
+    return json.dumps(msg, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _step_hook() -> Callable[[str], None] | None:
+    delay = float(os.environ.get(STEP_DELAY_ENV) or 0)
+    if delay <= 0:
+        return None
+    return lambda step: time.sleep(delay)
+
+
+class CommandWorker:
+    """Runs `cmd` messages off the MQTT thread (a test page may print for a while), in order."""
+
+    MAX_QUEUED = 64
+
+    def __init__(self, runner: CommandRunner, publish: Callable[[dict[str, Any]], None]) -> None:
+        self.runner = runner
+        self.publish = publish
+        self._queue: queue.Queue[bytes | None] = queue.Queue(self.MAX_QUEUED)
+        self._thread = threading.Thread(target=self._run, name="commands", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, payload: bytes) -> None:
+        try:
+            self._queue.put_nowait(payload)
+        except queue.Full:
+            # Not acknowledged to anyone: the server sees no result and the command expires.
+            log.error("command dropped: %d commands already waiting", self.MAX_QUEUED)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while (payload := self._queue.get()) is not None:
+            try:
+                result = self.runner.handle(payload)
+            except Exception:
+                log.exception("command handling failed")
+                continue
+            if result is not None:
+                self.publish(result)
 
 
 def _single_instance(data_dir: Path) -> IO[bytes] | None:

@@ -9,7 +9,10 @@ the device did not tell us stays `None`.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from agent.testpage import TestPage
 
 PrinterState = Literal["idle", "printing", "stopped", "offline"]
 ReaderState = Literal["ok", "no_reader", "error", "offline"]
@@ -76,6 +79,21 @@ class Printer(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class TestPagePrinter(Protocol):
+    """A printer driver that can print the remote command's test page (not every one can)."""
+
+    name: str
+
+    def print_test_page(self, page: TestPage) -> str:
+        """Print `page` and wait until it is out; returns a one-line description (the job).
+
+        Raises DriverError with the reason when it did not print (stopped, out of paper,
+        timed out, refused); NotImplementedError when this printer cannot print it at all.
+        """
+        ...
 
 
 class Reader(Protocol):

@@ -58,6 +58,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import serial
 
+from agent import testpage
 from agent.drivers.base import DriverError, PaperLevel, PrinterState, PrinterStatus, offline_printer
 
 NAME = "escpos"
@@ -78,6 +79,12 @@ AUTO_RECOVERABLE_ERROR = 0x40  # n=3
 CAUSES_READ = AUTOCUTTER_ERROR | UNRECOVERABLE_ERROR | AUTO_RECOVERABLE_ERROR
 NEAR_END = 0x0C  # n=4, bits 2 and 3
 PAPER_END = 0x60  # n=4, bits 5 and 6
+
+#: Test page framing: ESC @ (initialise), ESC a 1 (centre), FS & (Chinese character mode, GB18030
+#: on the mainland models that have it; plain ASCII prints the same either way) ... FS . (leave it),
+#: four line feeds and GS V 66 0 (feed to the cutter and cut).
+INIT = b"\x1b@\x1ba\x01\x1c&"
+FEED_AND_CUT = b"\x1c.\n\n\n\n\x1dVB\x00"
 
 #: Reasons that stop printing; `media-low` alone does not.
 STOPPING = frozenset({"cover-open", "media-empty", "media-jam", "other", "offline"})
@@ -133,6 +140,12 @@ def decode(status: RealTimeStatus, capacity: int | None = None) -> PrinterStatus
     return PrinterStatus(
         driver=NAME, state=state, reasons=reasons, paper=paper_of(status, capacity)
     )
+
+
+def page_bytes(page: testpage.TestPage) -> bytes:
+    """The test page as an ESC/POS byte stream; never contains a DLE EOT request."""
+    text = "".join(line + "\n" for line in page.lines())
+    return INIT + text.encode("gb18030", "replace") + FEED_AND_CUT
 
 
 def _remaining(deadline: float) -> float:
@@ -319,6 +332,32 @@ class EscPosPrinter:
         finally:
             link.close()
         return offline_printer(NAME) if status is None else decode(status, self.capacity)
+
+    def print_test_page(self, page: testpage.TestPage) -> str:
+        """Status first (a stopped printer gets nothing), the page, then status again.
+
+        ESC/POS says nothing about a print job; the best proof there is: the printer took
+        every byte and, asked right after, reports no error and still has paper.
+        """
+        deadline = time.monotonic() + self.timeout_s
+        link = self._open(deadline)
+        if link is None:
+            raise DriverError(NAME, f"{self.address}: no connection within {self.timeout_s:g}s")
+        try:
+            data = page_bytes(page)
+            for step in ("before", "after"):
+                status = query(link, deadline)
+                if status is None:
+                    raise DriverError(NAME, f"no status answer {step} printing")
+                decoded = decode(status, self.capacity)
+                if decoded.state != "idle":
+                    reasons = ", ".join(decoded.reasons)
+                    raise DriverError(NAME, f"printer stopped {step} printing ({reasons})")
+                if step == "before" and not link.send(data, deadline):
+                    raise DriverError(NAME, f"printer did not take the page in {self.timeout_s:g}s")
+        finally:
+            link.close()
+        return f"{len(data)} bytes printed on {link.peer}"
 
     def _open(self, deadline: float) -> Link | None:
         if self._tcp is not None:

@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from agent import testpage
 from agent.drivers import ipp_wire as w
 from agent.drivers.base import DriverError, PaperLevel, PrinterState, PrinterStatus
 
@@ -53,6 +54,17 @@ STATUS_ATTRIBUTES = (
     "media-col-default",
     "printer-impressions-completed",
 )
+
+#: What a test page needs to know before it is sent.
+TEST_PAGE_ATTRIBUTES = (
+    "printer-state",
+    "printer-state-reasons",
+    "printer-is-accepting-jobs",
+    "document-format-supported",
+)
+JOB_DONE = frozenset({"completed", "aborted", "canceled"})
+#: Get-Job-Attributes polls while a test page prints.
+JOB_POLL_S = 0.2
 
 PRINTER_STATES: dict[int, PrinterState] = {3: "idle", 4: "printing", 5: "stopped"}
 JOB_STATES = {
@@ -212,8 +224,9 @@ class IppPrinter:
 
     `capacity` is the tray size in sheets from config, used when the printer reports a level
     but no capacity. `tray` names the input tray to watch (default: the printer's default
-    media-source). No connection is kept between calls: each one stands alone, so a printer
-    that restarts between reads costs nothing.
+    media-source). `job_timeout_s` bounds how long a test page may take to come out. No
+    connection is kept between calls: each one stands alone, so a printer that restarts between
+    reads costs nothing.
     """
 
     name = NAME
@@ -226,9 +239,12 @@ class IppPrinter:
         *,
         tray: str | None = None,
         user: str = "fleet-agent",
+        job_timeout_s: float = 120.0,
     ) -> None:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        if job_timeout_s <= 0:
+            raise ValueError(f"job_timeout_s must be positive, got {job_timeout_s}")
         if capacity is not None and capacity <= 0:
             raise ValueError(f"capacity must be a positive number of sheets, got {capacity}")
         self.uri = uri
@@ -236,6 +252,7 @@ class IppPrinter:
         self.capacity = capacity
         self.tray = tray
         self.user = user
+        self.job_timeout_s = job_timeout_s
         self._endpoint = parse_uri(uri)
         self._request_id = 0
 
@@ -264,15 +281,61 @@ class IppPrinter:
 
     def job_state(self, job_id: int) -> str:
         """The job's RFC 8011 job-state keyword: pending, processing, completed, aborted, ..."""
+        return self.job_status(job_id)[0]
+
+    def job_status(self, job_id: int) -> tuple[str, tuple[str, ...]]:
+        """The job's state keyword and its job-state-reasons (none of them "none")."""
         ops = [
             w.attr("job-id", w.INTEGER, job_id),
-            w.attr("requested-attributes", w.KEYWORD, "job-state"),
+            w.attr("requested-attributes", w.KEYWORD, "job-state", "job-state-reasons"),
         ]
-        answer = self._call(w.GET_JOB_ATTRIBUTES, ops)
-        state = _first(answer.group(w.JOB_ATTRIBUTES), "job-state")
+        attrs = self._call(w.GET_JOB_ATTRIBUTES, ops).group(w.JOB_ATTRIBUTES)
+        state = _first(attrs, "job-state")
         if not isinstance(state, int) or state not in JOB_STATES:
             raise _fail(f"job {job_id} on {self._endpoint} has no valid job-state ({state!r})")
-        return JOB_STATES[state]
+        reasons = tuple(
+            r for r in attrs.get("job-state-reasons", ()) if isinstance(r, str) and r != "none"
+        )
+        return JOB_STATES[state], reasons
+
+    def cancel_job(self, job_id: int) -> None:
+        self._call(w.CANCEL_JOB, [w.attr("job-id", w.INTEGER, job_id)])
+
+    def print_test_page(self, page: testpage.TestPage) -> str:
+        """Print-Job of the test page, then Get-Job-Attributes until it is done.
+
+        Refused before anything is sent when the printer is stopped or offline (a job sent to
+        a printer out of paper would wait in its queue and print hours later, unasked) or
+        takes none of our formats. A job still not done after `job_timeout_s` is cancelled.
+        """
+        requested = w.attr("requested-attributes", w.KEYWORD, *TEST_PAGE_ATTRIBUTES)
+        attrs = self._call(w.GET_PRINTER_ATTRIBUTES, [requested]).group(w.PRINTER_ATTRIBUTES)
+        status = status_from_attributes(attrs)
+        if status.state in ("stopped", "offline"):
+            said = ", ".join(status.reasons) or "no reason given"
+            raise _fail(f"printer is {status.state} ({said})")
+        if _first(attrs, "printer-is-accepting-jobs") is False:
+            raise _fail("printer is not accepting jobs")
+        offered = [v for v in attrs.get("document-format-supported", ()) if isinstance(v, str)]
+        mime = testpage.choose_format(offered)
+        if mime is None:
+            raise _fail(f"printer takes none of {', '.join(testpage.FORMATS)} ({offered})")
+        job_id = self.print_document(
+            testpage.render(page, mime), mime, job_name=f"test page {page.command_id}"
+        )
+        deadline = time.monotonic() + self.job_timeout_s
+        while True:
+            state, job_reasons = self.job_status(job_id)
+            why = f" ({', '.join(job_reasons)})" if job_reasons else ""
+            if state == "completed":
+                return f"job {job_id} completed ({mime})"
+            if state in JOB_DONE:
+                raise _fail(f"job {job_id} {state}{why}")
+            if time.monotonic() >= deadline:
+                with contextlib.suppress(DriverError):  # it may finish meanwhile
+                    self.cancel_job(job_id)
+                raise _fail(f"job {job_id} still {state} after {self.job_timeout_s:g}s{why}")
+            time.sleep(JOB_POLL_S)
 
     def close(self) -> None:
         """Nothing is held open between calls."""

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 from agent.drivers.base import DriverError, PaperLevel, PrinterState, PrinterStatus, ReaderStatus
+from agent.testpage import TestPage
 
 NAME = "sim"
 #: Under this share of the tray the printer says `media-low` (IPP printers use similar thresholds).
@@ -120,6 +121,17 @@ class SimulatedPrinter:
         """One print now, outside the random arrivals; True when the licence came out whole."""
         self._advance()
         return self._print_one()
+
+    def print_test_page(self, page: TestPage) -> str:
+        """One sheet from the tray, not counted as a licence; DriverError when stopped."""
+        self._advance()
+        if self._stopped():
+            reasons = [r for r in self.read().reasons if r not in ("media-low", "toner-low")]
+            raise DriverError(NAME, f"printer is stopped ({', '.join(reasons)})")
+        self._sheets -= 1
+        self._toner_left -= 1
+        self._pages_total += 1
+        return f"test page printed, {self._sheets} sheets left"
 
     def refill(self, sheets: int | None = None) -> int:
         """Put paper in the tray (a full tray by default); returns the sheets added."""

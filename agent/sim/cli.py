@@ -6,6 +6,10 @@
         --status-interval 10 --duration 600              # run them
     fleet-sim layout --terminals 50                      # which terminal stands at which site
 
+With `--config-public-key fleet-config.pub` (PEM or DER SubjectPublicKeyInfo, the fleet's EdDSA
+config key) each terminal verifies and applies its signed `desired` document and says so on
+`reported`; without it every document is refused with "no config key".
+
 Without a template, `make-passwd --credentials creds.txt` draws random passwords and keeps them in
 `creds.txt` (mode 0600) for `fleet-sim --password-file creds.txt`.
 """
@@ -24,6 +28,7 @@ from pathlib import Path
 from types import FrameType
 from urllib.parse import urlsplit
 
+import rust_core
 from agent.sim import credentials
 from agent.sim.pool import Pool, PoolConfig, Stats
 from agent.sim.sites import TerminalSpec, layout
@@ -84,6 +89,12 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", type=_shard, default=None, help="I/K: run every K-th terminal from I")
     p.add_argument("--stats-interval", type=float, default=10.0)
     p.add_argument("--summary", type=Path, default=None, help="write the final stats as JSON")
+    p.add_argument(
+        "--config-public-key",
+        type=Path,
+        default=None,
+        help="the fleet's config-signing public key (PEM or DER): desired documents are checked",
+    )
     return p
 
 
@@ -134,6 +145,20 @@ def raise_fd_limit(needed: int) -> int:
     return needed
 
 
+def load_config_key(path: Path) -> rust_core.VerifyingKey:
+    data = path.read_bytes()
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            key = rust_core.VerifyingKey.from_pem(data)
+        else:
+            key = rust_core.VerifyingKey.from_spki(data)
+    except ValueError as e:
+        raise UsageError(f"--config-public-key {path}: {e}") from None
+    if key.alg != "EdDSA":
+        raise UsageError(f"--config-public-key {path}: an {key.alg} key, not EdDSA")
+    return key
+
+
 def _passwords(args: argparse.Namespace, specs: Sequence[TerminalSpec]) -> dict[str, str]:
     ids = [s.terminal_id for s in specs]
     if args.password_template is not None:
@@ -152,7 +177,8 @@ def _print_stats(started: float) -> Callable[[Stats], None]:
         t = time.monotonic() - started
         print(
             f"fleet-sim {t:7.1f}s connected {s.connected}/{s.terminals} "
-            f"status {s.status_sent} events {s.events_sent} acked {s.acked} "
+            f"status {s.status_sent} events {s.events_sent} reported {s.reported_sent} "
+            f"(ok {s.desired_ok}) results {s.results_sent} acked {s.acked} "
             f"denied {s.denied} refused {s.refused} lag max {s.max_lag_s:.2f}s",
             file=sys.stderr,
             flush=True,
@@ -169,6 +195,9 @@ def run(argv: Sequence[str]) -> int:
         index, count = args.shard
         specs = specs[index::count]
     passwords = _passwords(args, specs)
+    config_key = None
+    if args.config_public_key is not None:
+        config_key = load_config_key(args.config_public_key)
     raise_fd_limit(len(specs) + SPARE_FDS)
 
     behaviour = Behaviour(
@@ -187,7 +216,9 @@ def run(argv: Sequence[str]) -> int:
         return t0 + (time.monotonic() - t0) * scale
 
     seeds = random.Random(args.seed)
-    terminals = [SimTerminal(s, behaviour, seeds.getrandbits(64), model_clock) for s in specs]
+    terminals = [
+        SimTerminal(s, behaviour, seeds.getrandbits(64), model_clock, config_key) for s in specs
+    ]
     cfg = PoolConfig(
         host=host,
         port=port,

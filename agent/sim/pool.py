@@ -11,6 +11,11 @@ Connections are opened in batches: at most `batch` wait for their CONNACK, fewer
 listen backlog (100), because an overflowing accept queue drops the SYN and the (blocking) TCP
 connect then stalls the whole loop for the 1 s, 3 s … SYN retransmit. A dropped or refused
 connection retries with capped exponential backoff and jitter.
+
+Each terminal subscribes to its own `desired` and `cmd` topics on every CONNACK (clean start:
+the broker keeps no session, and the retained document comes again); messages are handed to
+the terminal inside `loop_read`, and its answers (`reported`, `cmd/result`, a status) are queued
+at once and written when the loop syncs the socket right after.
 """
 
 from __future__ import annotations
@@ -27,14 +32,18 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from agent import report
 from agent.sim.terminal import Message, SimTerminal
 
 READ = selectors.EVENT_READ
 READ_WRITE = selectors.EVENT_READ | selectors.EVENT_WRITE
 
 # Timer kinds.
-TICK, RETRY, CONNECT_TIMEOUT = 0, 1, 2
+TICK, RETRY, CONNECT_TIMEOUT, RESTART = 0, 1, 2, 3
+#: The topics each terminal reads, as the agent subscribes them.
+SUBSCRIBED = ("desired", "cmd")
 # Connection states.
 IDLE, CONNECTING, CONNECTED, WAITING = "idle", "connecting", "connected", "waiting"
 
@@ -66,6 +75,11 @@ class Stats:
     status_sent: int = 0
     events_sent: int = 0
     presence_sent: int = 0
+    reported_sent: int = 0
+    results_sent: int = 0
+    desired_ok: int = 0
+    desired_refused: int = 0
+    restarts: int = 0
     acked: int = 0
     denied: int = 0
     #: Timers that fired late by more than a second, and the worst lateness: the loop's health.
@@ -89,6 +103,7 @@ class Conn:
         "gen",
         "index",
         "next_poll",
+        "restart_mid",
         "state",
         "term",
         "writing",
@@ -104,6 +119,8 @@ class Conn:
         self.attempts = 0
         self.writing = False
         self.next_poll = 0.0
+        #: A restart waits for the PUBACK of this (its presence offline) before it disconnects.
+        self.restart_mid: int | None = None
 
 
 class Pool:
@@ -140,6 +157,7 @@ class Pool:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
         client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s, clean_start=True)
@@ -183,9 +201,13 @@ class Pool:
             return
         conn.state = CONNECTED
         conn.attempts = 0
+        conn.restart_mid = None
         self.stats.connected += 1
         self.stats.connects += 1
         self._publish(conn, conn.term.presence(online=True))
+        client.subscribe(
+            [(report.topic(conn.term.id, k), SubscribeOptions(qos=1)) for k in SUBSCRIBED]
+        )
         now = self.clock()
         conn.term.on_connect(now)
         conn.next_poll = now + self.rng.uniform(0.0, self.cfg.poll_interval_s)
@@ -216,6 +238,22 @@ class Pool:
             self.stats.denied += 1  # e.g. 135 Not authorized: the ACL refused the topic
         else:
             self.stats.acked += 1
+        if mid == conn.restart_mid:
+            conn.restart_mid = None
+            client.disconnect()  # on_disconnect schedules the reconnect
+
+    def _on_message(self, client: mqtt.Client, conn: Conn, msg: mqtt.MQTTMessage) -> None:
+        kind = msg.topic.rsplit("/", 1)[-1]
+        try:
+            answers = conn.term.on_message(kind, bytes(msg.payload), self.clock())
+        except Exception as e:  # a bad message must not stop the loop for everyone
+            self._error(f"{conn.term.id}: {kind}: {type(e).__name__}: {e}")
+            return
+        for answer in answers:
+            self._publish(conn, answer)
+        if conn.term.restart_requested:
+            conn.term.restart_requested = False
+            self._at(self.clock(), RESTART, conn)
 
     # -- connecting ----------------------------------------------------------------------------
 
@@ -260,16 +298,26 @@ class Pool:
             self.sel.modify(conn.fd, READ_WRITE if want else READ, conn)
             conn.writing = want
 
-    def _publish(self, conn: Conn, msg: Message) -> None:
+    def _publish(self, conn: Conn, msg: Message) -> int | None:
+        """Queue or send `msg`; its mid, or None when paho refused it."""
         info = conn.client.publish(msg.topic, msg.payload, qos=1, retain=msg.retain)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_QUEUE_SIZE):
-            return
-        if "/status" in msg.topic:
+            return None
+        if msg.topic.endswith("/status"):
             self.stats.status_sent += 1
+        elif msg.topic.endswith("/reported"):
+            self.stats.reported_sent += 1
+            if b'"result":"ok"' in msg.payload:
+                self.stats.desired_ok += 1
+            else:
+                self.stats.desired_refused += 1
+        elif msg.topic.endswith("/cmd/result"):
+            self.stats.results_sent += 1
         elif msg.retain:
             self.stats.presence_sent += 1
         else:
             self.stats.events_sent += 1
+        return info.mid
 
     def _io(self, conn: Conn, mask: int) -> None:
         try:
@@ -296,6 +344,18 @@ class Pool:
                 self._error(f"{conn.term.id}: no CONNACK in {self.cfg.connect_timeout_s}s")
                 conn.client.disconnect()  # on_disconnect schedules the retry
                 self._sync_write(conn)
+        elif kind == RESTART and conn.state == CONNECTED:
+            # As the agent stops for systemd to start it again: presence offline, and once the
+            # broker acknowledged it (and so everything before it) a clean DISCONNECT. Closing
+            # the socket with PUBACKs still unread would reset the connection: the broker would
+            # publish the Will, and paho would send the unacknowledged presence offline again
+            # after the reconnect, leaving the retained presence offline.
+            self.stats.restarts += 1
+            mid = self._publish(conn, conn.term.presence(online=False, reason="clean"))
+            if mid is None:
+                conn.client.disconnect()
+            conn.restart_mid = mid
+            self._sync_write(conn)
         elif kind == TICK and conn.state == CONNECTED:
             if now >= conn.next_poll:
                 conn.next_poll += self.cfg.poll_interval_s

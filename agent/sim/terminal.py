@@ -6,16 +6,26 @@ agent/report.py, the same builders the real agent uses.
 
 Two clocks: `now` (real monotonic seconds) schedules reports; the devices and the staff run on the
 model clock, which a demo may speed up (`--time-scale`) so paper runs out within minutes.
+
+Incoming messages (`on_message`): the `desired` document is handled as the agent does at the
+protocol level (agent/sim/desired.py: verify, version check, `reported`), and its
+`status_interval_s` applied to the report schedule; commands go through the agent's own
+CommandRunner (agent/commands.py) with an in-memory store: `refresh_status` reports at once,
+`print_test_page` takes a sheet from the simulated tray, `restart_agent` asks the pool to
+reconnect this terminal.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
+import rust_core
 from agent import report
+from agent.commands import CommandRunner
 from agent.drivers.base import (
     DriverError,
     PrinterStatus,
@@ -23,6 +33,7 @@ from agent.drivers.base import (
     offline_printer,
 )
 from agent.drivers.simulated import Clock, SimulatedPrinter, SimulatedReader
+from agent.sim.desired import DesiredState
 from agent.sim.sites import TerminalSpec
 
 
@@ -55,7 +66,14 @@ def _encode(payload: dict[str, Any]) -> bytes:
 
 
 class SimTerminal:
-    def __init__(self, spec: TerminalSpec, behaviour: Behaviour, seed: int, clock: Clock) -> None:
+    def __init__(
+        self,
+        spec: TerminalSpec,
+        behaviour: Behaviour,
+        seed: int,
+        clock: Clock,
+        config_key: rust_core.VerifyingKey | None = None,
+    ) -> None:
         self.spec = spec
         self.id = spec.terminal_id
         self.b = behaviour
@@ -79,7 +97,16 @@ class SimTerminal:
         # server deduplicates and finds gaps by (terminal, seq) across both topics.
         self.seq = 0
         self.next_report: float | None = None
-        self._topics = {k: report.topic(self.id, k) for k in ("presence", "status", "event")}
+        self.status_interval_s = behaviour.status_interval_s
+        self.desired = DesiredState(self.id, config_key)
+        self.commands = CommandRunner(
+            self.id, self.printer, self._report_soon, self._restart, state_dir=None, clock=time.time
+        )
+        #: Set by a command: report at once / reconnect; the pool reads and clears them.
+        self.report_now = False
+        self.restart_requested = False
+        kinds = ("presence", "status", "event", "reported", "cmd/result")
+        self._topics = {k: report.topic(self.id, k) for k in kinds}
         self._boot = clock() - self._rng.uniform(3600.0, 30 * 86400.0)
         self._disk_free_mb = self._rng.randint(3000, 20000)
         self._last_key: tuple[str, tuple[str, ...], str] | None = None
@@ -107,15 +134,48 @@ class SimTerminal:
             printer=printer,
             reader=reader,
             host={"uptime_s": int(self._clock() - self._boot), "disk_free_mb": self._disk_free_mb},
+            desired=self.desired.hash,
         )
         return Message(self._topics["status"], _encode(body))
+
+    # -- what the fleet sends --------------------------------------------------------------------
+
+    def on_message(self, kind: str, payload: bytes, now: float) -> list[Message]:
+        """A message on our `desired` or `cmd` topic; returns what to publish in answer."""
+        out: list[Message] = []
+        if kind == "desired":
+            outcome = self.desired.receive(payload)
+            if outcome.applied is not None:
+                self._apply(outcome.applied.document["config"], now)
+            out.append(Message(self._topics["reported"], _encode(outcome.reported)))
+        elif kind == "cmd":
+            result = self.commands.handle(payload)
+            if result is not None:
+                out.append(Message(self._topics["cmd/result"], _encode(result)))
+            if self.report_now:
+                self.report_now = False
+                out.append(self._status(*self._read()))
+        return out
+
+    def _apply(self, config: dict[str, Any], now: float) -> None:
+        interval = config.get("status_interval_s", self.b.status_interval_s)
+        self.status_interval_s = float(interval)
+        if self.next_report is not None:
+            # A shorter interval takes effect now, a longer one after the report already due.
+            self.next_report = min(self.next_report, now + self.status_interval_s)
+
+    def _report_soon(self) -> None:
+        self.report_now = True
+
+    def _restart(self) -> None:
+        self.restart_requested = True
 
     # -- behaviour -----------------------------------------------------------------------------
 
     def on_connect(self, now: float) -> None:
         """(Re)connected: the first report comes at a random point of the first interval, so
         thousands of terminals connecting together do not all report in the same instant."""
-        self.next_report = now + self._rng.uniform(0.0, self.b.status_interval_s)
+        self.next_report = now + self._rng.uniform(0.0, self.status_interval_s)
 
     def _read(self) -> tuple[PrinterStatus, ReaderStatus]:
         try:
@@ -177,8 +237,8 @@ class SimTerminal:
         if changed or due:
             out.append(self._status(printer, reader))
         if due and self.next_report is not None:
-            self.next_report += self.b.status_interval_s
+            self.next_report += self.status_interval_s
             if self.next_report <= now:
                 # Fell a whole interval behind (a stalled host): skip ahead, never burst.
-                self.next_report = now + self.b.status_interval_s
+                self.next_report = now + self.status_interval_s
         return out
