@@ -39,6 +39,7 @@ lint:
 	cargo clippy --locked -p rust_core --all-targets --all-features -- -D warnings
 	$(VENV)/bin/ruff format --check fleet agent rust_core tests bench
 	$(VENV)/bin/ruff check fleet agent rust_core tests bench
+	$(PY) -m fleet config validate firmware_configs
 
 typecheck:
 	$(VENV)/bin/mypy

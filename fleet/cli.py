@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from fleet import (
+    config_cli,
     demo,
     demo_fleet,
     keys_cli,
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cli.add_parser(sub)
     demo_fleet.add_parser(sub)
     tokens_cli.add_parser(sub)
+    config_cli.add_parser(sub)
     return parser
 
 

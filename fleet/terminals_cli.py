@@ -102,6 +102,9 @@ def run_add(args: argparse.Namespace) -> int:
     else:
         write_atomic(args.out, text.encode(), private=True, overwrite=args.force)
         warn(f"fleet terminals: wrote {args.out!r} (mode 0600) for terminal {args.terminal_id}")
+        if not args.no_config_key:
+            pub = _write_config_public_key(args, Path(args.out).parent)
+            warn(f"fleet terminals: wrote {str(pub)!r}: install it as {args.config_key!r}")
     if files is None:
         warn(
             f"fleet terminals: the broker is external: create MQTT user {args.terminal_id!r} "
@@ -110,6 +113,25 @@ def run_add(args: argparse.Namespace) -> int:
     if args.model.strip().lower() not in {m.lower() for m in MODEL_DRIVERS}:
         warn(f"fleet terminals: unknown model {args.model!r}: the config uses simulated devices")
     return 0
+
+
+def _write_config_public_key(args: argparse.Namespace, directory: Path) -> Path:
+    """The fleet's config public key, next to the agent config (the kiosk needs both)."""
+    from pydantic import ValidationError
+
+    from fleet.server.desired.keys import PUBLIC_KEY_NAME, ConfigKeyError, load_config_key
+    from fleet.server.settings import load_settings
+
+    overrides: dict[str, object] = {} if args.data_dir is None else {"data_dir": args.data_dir}
+    if args.config is None:
+        overrides["dev_mode"] = True
+    try:
+        key = load_config_key(load_settings(args.config, **overrides))
+    except (ValidationError, FileNotFoundError, ConfigKeyError) as e:
+        raise CliError(f"config key: {e}") from None
+    path = directory / PUBLIC_KEY_NAME
+    write_atomic(str(path), key.public_pem().encode(), private=False, overwrite=True)
+    return path
 
 
 def _server_side(args: argparse.Namespace) -> tuple[Path, str | None, str]:

@@ -21,6 +21,7 @@ import time
 from collections import Counter as Tally
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from prometheus_client import (
     CollectorRegistry,
@@ -36,6 +37,7 @@ from prometheus_client.registry import Collector
 
 from fleet.server.alerts import RULES
 from fleet.server.db.models import Alert, Terminal
+from fleet.server.desired.drift import drift_seconds
 from fleet.server.events_bus import EventBus
 from fleet.server.terminal_state import terminal_state
 
@@ -55,6 +57,8 @@ class FleetSnapshot:
     paper: Mapping[tuple[str, str], float] = field(default_factory=dict)
     #: (rule, severity) -> number of active alerts.
     alerts: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    #: terminal -> seconds its reported applied document has differed from its latest desired one.
+    drift: Mapping[str, float] = field(default_factory=dict)
 
 
 SnapshotSource = Callable[[], Awaitable[FleetSnapshot]]
@@ -71,7 +75,8 @@ async def snapshot_from_db() -> FleetSnapshot:
             paper[(tid, site)] = paper_pct / 100.0
     alert_rows = await Alert.filter(active_key=1).values_list("rule", "severity")
     alerts = Tally((str(rule), str(sev)) for rule, sev in alert_rows)
-    return FleetSnapshot(dict(terminals), paper, dict(alerts))
+    drift = await drift_seconds(datetime.now(UTC))
+    return FleetSnapshot(dict(terminals), paper, dict(alerts), drift)
 
 
 class FleetStateCollector(Collector):
@@ -106,6 +111,19 @@ class FleetStateCollector(Collector):
         for (rule, sev), n in sorted(counts.items()):
             alerts.add_metric([rule, sev], n)
         yield alerts
+        yield GaugeMetricFamily(
+            "fleet_desired_drift_terminals",
+            "Terminals whose applied desired-state document is not their latest one",
+            value=len(snap.drift),
+        )
+        drift = GaugeMetricFamily(
+            "fleet_desired_drift_seconds",
+            "How long a drifting terminal's latest desired-state document has waited to be applied",
+            labels=["terminal"],
+        )
+        for tid, seconds in sorted(snap.drift.items()):
+            drift.add_metric([tid], seconds)
+        yield drift
         if self._bus is not None:
             yield GaugeMetricFamily(
                 "fleet_events_subscribers",
@@ -162,6 +180,12 @@ class FleetMetrics:
             "fleet_db_write_seconds",
             "Duration of one ingest write to the database (a batch)",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.registry,
+        )
+
+        self.desired_published = Counter(
+            "fleet_desired_documents_published",
+            "Desired-state documents the broker took (new versions and republished ones)",
             registry=self.registry,
         )
 

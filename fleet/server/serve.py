@@ -3,7 +3,10 @@
 Start-up order: settings -> broker (started and supervised unless `broker_url` names one) ->
 uvicorn, whose lifespan opens the database (migrations applied), restores the ingest's state,
 connects the receiver and starts four tasks: the pipeline, the timers (presence timeouts, alert
-hold-downs), the history retention and the paper run-out forecast (`forecast_interval_s`).
+hold-downs), the history retention and the paper run-out forecast (`forecast_interval_s`); then
+the desired state's publisher connects (it republishes every terminal's latest document on each
+connection). The config key is loaded before anything starts: without one (outside dev mode) the
+server does not start.
 
 Shutdown (SIGTERM or Ctrl-C; uvicorn turns both into a lifespan shutdown): the pipeline finishes
 and acknowledges the batch in hand, the receiver disconnects (the broker keeps our session and
@@ -18,19 +21,24 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import uvicorn
 
+import rust_core
+from fleet.firmware import DEFAULT_FIRMWARE_DIR, HardwareModel, load_models
 from fleet.server.api import AppContext, LifespanHook, create_app
 from fleet.server.broker import BROKER_SUBDIR, EmbeddedBroker
+from fleet.server.desired.keys import load_config_key
+from fleet.server.desired.service import DesiredService
 from fleet.server.forecast_job import run_forecast_job
 from fleet.server.ingest.pipeline import Pipeline
 from fleet.server.ingest.receiver import Receiver, ReceiverConfig
 from fleet.server.ingest.retention import run_retention
+from fleet.server.mqtt_publish import Publisher, PublisherConfig
 from fleet.server.settings import Settings
 
 log = logging.getLogger("fleet.serve")
@@ -57,12 +65,32 @@ def parse_broker_url(url: str) -> BrokerAddress:
     return BrokerAddress(parts.hostname, parts.port or (8883 if tls else 1883), tls)
 
 
-def ingest_hook(settings: Settings, address: BrokerAddress) -> LifespanHook:
+def load_hardware_models(settings: Settings) -> dict[str, HardwareModel]:
+    """The hardware models of `settings.firmware_dir`, read once at start.
+
+    A bad file stops the start (FirmwareConfigError is a ValueError: one line from `fleet
+    serve`), as a bad setting does. Only the default directory may be missing (a server installed
+    from a wheel, without the repository): then every terminal gets the default thresholds.
+    """
+    directory = settings.firmware_dir
+    if directory == DEFAULT_FIRMWARE_DIR and not directory.is_dir():
+        log.warning("no hardware models: %s does not exist (set FLEET_FIRMWARE_DIR)", directory)
+        return {}
+    models = load_models(directory)
+    log.info("%d hardware models from %s", len(models), directory)
+    return models
+
+
+def ingest_hook(
+    settings: Settings,
+    address: BrokerAddress,
+    models: Mapping[str, HardwareModel] | None = None,
+) -> LifespanHook:
     """The lifespan hook that runs the ingest beside the API (see `create_app`)."""
 
     @asynccontextmanager
     async def run_ingest(ctx: AppContext) -> AsyncIterator[None]:
-        pipeline = Pipeline(settings, bus=ctx.bus, metrics=ctx.metrics)
+        pipeline = Pipeline(settings, bus=ctx.bus, metrics=ctx.metrics, models=models)
         await pipeline.restore()
         receiver = Receiver(
             ReceiverConfig(
@@ -105,6 +133,49 @@ def ingest_hook(settings: Settings, address: BrokerAddress) -> LifespanHook:
     return run_ingest
 
 
+def desired_hook(
+    settings: Settings,
+    address: BrokerAddress,
+    key: rust_core.SigningKey,
+    models: Mapping[str, HardwareModel] | None = None,
+) -> LifespanHook:
+    """The lifespan hook of the desired state: the publisher and the document service.
+
+    Every connection of the publisher (the first, and each after the broker was away)
+    republishes every terminal's latest document: the broker may have lost retained copies
+    (a broker without persistence, or a new one), and agents ignore a version they have."""
+
+    @asynccontextmanager
+    async def run_desired(ctx: AppContext) -> AsyncIterator[None]:
+        service = DesiredService(key, models=models, published_total=ctx.metrics.desired_published)
+
+        async def republish() -> None:
+            n = await service.republish_latest()
+            log.info("republished the latest desired document of %d terminals", n)
+
+        publisher = Publisher(
+            PublisherConfig(
+                host=address.host,
+                port=address.port,
+                username=settings.broker_admin_user,
+                password=settings.broker_admin_password.get_secret_value(),
+                client_id=os.environ.get("FLEET_INGEST_CLIENT_ID", "fleet-server") + "-pub",
+                tls=address.tls,
+            ),
+            on_connect=republish,
+        )
+        service.publisher = publisher
+        ctx.desired = service
+        await publisher.start()
+        try:
+            yield
+        finally:
+            ctx.desired = None
+            await publisher.stop()
+
+    return run_desired
+
+
 def _catch_stop_signals() -> list[int]:
     """Record SIGTERM/SIGINT instead of dying on them.
 
@@ -120,6 +191,8 @@ def _catch_stop_signals() -> list[int]:
 
 def serve(settings: Settings, *, log_level: str = "info") -> int:
     """Run until SIGTERM/SIGINT; returns the exit status."""
+    models = load_hardware_models(settings)  # before anything starts: a bad file stops us here
+    key = load_config_key(settings)  # likewise a missing config key (outside dev mode)
     broker: EmbeddedBroker | None = None
     if settings.broker_url is None:
         broker = EmbeddedBroker(
@@ -131,7 +204,13 @@ def serve(settings: Settings, *, log_level: str = "info") -> int:
     else:
         address = parse_broker_url(settings.broker_url)
     try:
-        app = create_app(settings, hooks=[ingest_hook(settings, address)])
+        app = create_app(
+            settings,
+            hooks=[
+                ingest_hook(settings, address, models),
+                desired_hook(settings, address, key, models),
+            ],
+        )
         config = uvicorn.Config(
             app,
             host=settings.api_host,

@@ -26,6 +26,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from fleet.firmware import DEFAULT_FIRMWARE_DIR
+
 #: The placeholder every secret starts as; refused outside dev mode.
 INSECURE_DEFAULT = "changethis"
 #: Shorter secrets are refused outside dev mode: they can be guessed offline.
@@ -64,6 +66,10 @@ class Settings(BaseSettings):
     broker_admin_password: SecretStr = SecretStr(INSECURE_DEFAULT)
     # Signs dashboard sessions and short-lived SSE tickets.
     session_secret: SecretStr = SecretStr(INSECURE_DEFAULT)
+    # The fleet's config key (EdDSA, PKCS#8 PEM) that signs desired-state documents. Empty means
+    # `config-key.pem` in data_dir. Made on first start in dev mode; outside dev mode a missing
+    # file stops the server (make it with `fleet keys generate --alg EdDSA --out ...`).
+    config_key_file: Path | None = None
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
@@ -86,6 +92,10 @@ class Settings(BaseSettings):
     service_timezone: str = "Asia/Shanghai"
     # Seconds between runs of the paper run-out forecast job (the paper_runout_soon alert).
     forecast_interval_s: float = Field(default=300.0, gt=0)
+
+    # Hardware-model files (firmware_configs/): per-model alert thresholds, the model layer of
+    # desired state. Default: the repository's, next to the `fleet` package (FLEET_FIRMWARE_DIR).
+    firmware_dir: Path = DEFAULT_FIRMWARE_DIR
 
     @classmethod
     def settings_customise_sources(
@@ -115,6 +125,8 @@ class Settings(BaseSettings):
     def _finish(self) -> Self:
         if not self.database_url:
             self.database_url = f"sqlite://{self.data_dir / 'fleet.sqlite3'}"
+        if self.config_key_file is None:
+            self.config_key_file = self.data_dir / "config-key.pem"
         if self.service_hours_end <= self.service_hours_start:
             raise ValueError("service_hours_end must be after service_hours_start")
         if not self.dev_mode:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -208,3 +209,44 @@ async def test_sqlite_waits_for_the_write_lock_and_uses_wal(db: str) -> None:
     assert (await conn.execute_query_dict("PRAGMA busy_timeout"))[0]["timeout"] == 5000
     assert (await conn.execute_query_dict("PRAGMA journal_mode"))[0]["journal_mode"] == "wal"
     assert (await conn.execute_query_dict("PRAGMA foreign_keys"))[0]["foreign_keys"] == 1
+
+
+MIGRATE_CHILD = """
+import asyncio, sys
+from fleet.server.db import close_db, init_db
+
+async def main() -> None:
+    await init_db(sys.argv[1])
+    await close_db()
+
+asyncio.run(main())
+"""
+
+
+async def test_servers_starting_together_on_one_sqlite_file_migrate_once(tmp_path: Path) -> None:
+    """Three processes open a new SQLite file at the same moment: all start, each migration is
+    recorded once (the flock beside the file orders them)."""
+    url = f"sqlite://{tmp_path / 'fleet.db'}"
+    root = Path(__file__).resolve().parents[2]
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            MIGRATE_CHILD,
+            url,
+            cwd=root,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(3)
+    ]
+    results = [await p.communicate() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err.decode()[-500:] for _, err in results]
+    await init_db(url)
+    try:
+        rows = await get_connection("default").execute_query_dict(
+            "SELECT app, name FROM tortoise_migrations"
+        )
+    finally:
+        await close_db()
+    names = [r["name"] for r in rows]
+    assert names and len(names) == len(set(names))

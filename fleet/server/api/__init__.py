@@ -26,7 +26,17 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from fastapi import APIRouter, FastAPI
 
 from fleet.server.api.context import AppContext
-from fleet.server.api.routes import alerts, events, health, metrics, refill, terminals
+from fleet.server.api.routes import (
+    alerts,
+    commands,
+    config,
+    events,
+    health,
+    metrics,
+    refill,
+    templates,
+    terminals,
+)
 from fleet.server.api.schemas import ErrorBody
 from fleet.server.db import close_db, init_db
 from fleet.server.settings import Settings
@@ -70,7 +80,7 @@ def create_app(
             403: {"model": ErrorBody, "description": "the token's role may not do this"},
         },
     )
-    for module in (terminals, alerts, refill, events):
+    for module in (terminals, alerts, refill, events, config, templates, commands):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)

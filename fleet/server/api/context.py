@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from fleet.server.alerts import AlertEngine
+from fleet.server.desired.service import DesiredService
 from fleet.server.events_bus import EventBus
 from fleet.server.forecast import ServiceHours
 from fleet.server.metrics import FleetMetrics
@@ -31,6 +32,9 @@ class AppContext:
     ingest_ready: Callable[[], bool] | None = None
     #: Set by the ingest hook, so an acknowledgement also reaches the in-memory alert state.
     alert_engine: AlertEngine | None = None
+    #: Set by the desired-state hook (serve.py): documents, templates, commands. None: the
+    #: routes that change configuration or send commands answer 503.
+    desired: DesiredService | None = None
     #: Injected so tests can pin "today" for the refill round.
     clock: Callable[[], datetime] = utc_now
     #: Seconds between SSE heartbeat comments (proxies close idle streams after ~60 s).

@@ -17,6 +17,9 @@ from fleet.server.db.models import Role
 #: two sets so they can diverge (e.g. a read-only "viewer" role) without touching the routes.
 FLEET_READ_ROLES = frozenset({Role.OPERATOR, Role.ADMIN})
 FLEET_WRITE_ROLES = frozenset({Role.OPERATOR, Role.ADMIN})
+#: Desired configuration and form templates reach every kiosk at once: only admins change them.
+#: Operators read them and send commands (FLEET_WRITE_ROLES).
+CONFIG_WRITE_ROLES = frozenset({Role.ADMIN})
 
 _bearer = HTTPBearer(auto_error=False, description="API token from `fleet tokens create`")
 
@@ -58,5 +61,6 @@ def require_role(roles: frozenset[Role]) -> Callable[[Principal], Awaitable[Prin
 Ctx = Annotated[AppContext, Depends(get_context)]
 FleetReader = Annotated[Principal, Depends(require_role(FLEET_READ_ROLES))]
 FleetWriter = Annotated[Principal, Depends(require_role(FLEET_WRITE_ROLES))]
+ConfigWriter = Annotated[Principal, Depends(require_role(CONFIG_WRITE_ROLES))]
 Limit = Annotated[int, Query(ge=1, le=500, description="page size")]
 Offset = Annotated[int, Query(ge=0, description="items to skip")]

@@ -7,7 +7,9 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fleet.server.api.desired_schemas import DesiredStatePublic
 from fleet.server.db.models import Alert, PresenceReason, StatusSample, Terminal
+from fleet.server.desired.drift import DriftState
 from fleet.server.terminal_state import TerminalState, terminal_state
 
 T = TypeVar("T")
@@ -62,8 +64,10 @@ class Versions(BaseModel):
 
 
 class Drift(BaseModel):
-    """Desired vs reported configuration. Placeholder until desired documents exist: `desired`
-    and `in_sync` stay null; `reported` is what the agent says it runs."""
+    """Desired vs reported configuration: the latest desired document's hash, the one the agent
+    says it runs (its `reported` applied hash, else its status report's `desired`), and whether
+    they agree. `desired` and `in_sync` are null while the terminal has no document. The
+    details are in `desired_state`."""
 
     desired: str | None = None
     reported: str | None = None
@@ -76,13 +80,19 @@ class TerminalDetail(TerminalSummary):
     presence: Presence
     versions: Versions
     drift: Drift
+    desired_state: DesiredStatePublic | None = None
     alerts: list[AlertPublic]
     status: dict[str, Any] | None = Field(description="the last full status report")
 
     @classmethod
-    def of_detail(cls, t: Terminal, alerts: list[Alert]) -> TerminalDetail:
+    def of_detail(
+        cls, t: Terminal, alerts: list[Alert], desired: DriftState | None = None
+    ) -> TerminalDetail:
         reported = t.status.get("desired") if isinstance(t.status, dict) else None
         reported = reported if isinstance(reported, str) else None
+        if desired is not None and desired.applied_hash is not None:
+            reported = desired.applied_hash
+        wanted = desired.desired_hash if desired is not None else None
         return cls(
             **_terminal_fields(t),
             active_alerts=sorted({a.rule for a in alerts}),
@@ -95,7 +105,12 @@ class TerminalDetail(TerminalSummary):
                 last_seen=t.last_seen,
             ),
             versions=Versions(agent=t.agent_version, desired=reported),
-            drift=Drift(reported=reported),
+            drift=Drift(
+                desired=wanted,
+                reported=reported,
+                in_sync=None if wanted is None else wanted == reported,
+            ),
+            desired_state=DesiredStatePublic.of(desired) if desired is not None else None,
             alerts=[AlertPublic.of(a) for a in alerts],
             status=t.status,
         )

@@ -8,8 +8,10 @@ migration framework) on SQLite and PostgreSQL alike. After a model change, gener
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from tortoise import Tortoise
 from tortoise.backends.base.executor import EXECUTOR_CACHE
@@ -77,8 +79,14 @@ async def apply_migrations(database_url: str) -> None:
             finally:
                 await raw.execute(f"SELECT pg_advisory_unlock({_MIGRATION_LOCK_ID})")
     else:
-        # SQLite: one writer at a time is the file lock's job.
-        await MigrationExecutor(connection, apps).migrate()
+        # SQLite serialises single writes, not a whole migration run: two processes starting on
+        # one file would both see a migration as pending. An flock beside the file orders them.
+        lock = await asyncio.to_thread(_sqlite_migration_lock, database_url)
+        try:
+            await MigrationExecutor(connection, apps).migrate()
+        finally:
+            if lock is not None:
+                lock.close()  # releases the flock
 
 
 async def close_db() -> None:
@@ -87,6 +95,16 @@ async def close_db() -> None:
     # this, reopening the process on another backend (the test suite does) reuses SQLite's
     # "?" placeholders on PostgreSQL.
     EXECUTOR_CACHE.clear()
+
+
+def _sqlite_migration_lock(database_url: str) -> IO[bytes] | None:
+    """Hold an exclusive flock on `<db file>.migrate.lock` (None for an in-memory database)."""
+    rest = database_url.partition("://")[2]
+    if rest.startswith(":memory:"):
+        return None
+    handle = open(rest.split("?", 1)[0] + ".migrate.lock", "ab")  # noqa: SIM115  # held open
+    fcntl.flock(handle, fcntl.LOCK_EX)  # blocks for the length of another server's migrations
+    return handle
 
 
 def _with_sqlite_defaults(database_url: str) -> str:

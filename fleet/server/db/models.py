@@ -196,3 +196,162 @@ class ApiToken(Model):
 
     class Meta:
         table = "api_token"
+
+
+# --- desired state (issue 5) -------------------------------------------------------------------
+
+
+class LayerScope(StrEnum):
+    DEFAULT = "default"
+    MODEL = "model"
+    SITE = "site"
+    TERMINAL = "terminal"
+
+
+class AssignmentScope(StrEnum):
+    SITE = "site"
+    TERMINAL = "terminal"
+
+
+class CommandStatus(StrEnum):
+    PENDING = "pending"  # stored, not yet acknowledged by the broker
+    SENT = "sent"  # the broker took it (PUBACK)
+    OK = "ok"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+
+
+class ConfigLayer(Model):
+    """One configuration layer, a partial config merged over the ones below it.
+
+    `key` is the model id, site id or terminal id, and "" for the default layer.
+    """
+
+    id = fields.IntField(primary_key=True)
+    scope = fields.CharEnumField(LayerScope, max_length=16)
+    key = fields.CharField(max_length=64, default="")
+    layer = fields.JSONField[dict[str, object]](default=dict)
+    updated_at = fields.DatetimeField()
+    updated_by = fields.CharField(max_length=100, default="")
+
+    class Meta:
+        table = "config_layer"
+        unique_together = (("scope", "key"),)
+
+
+class DesiredDoc(Model):
+    """A signed desired-state document of one terminal, kept as history.
+
+    `payload` is the canonical JSON exactly as signed, `envelope` the MQTT message. The unique
+    (terminal, version) is what makes two concurrent changes unable to share a version.
+    """
+
+    id = fields.BigIntField(primary_key=True)
+    terminal: fields.ForeignKeyRelation[Terminal] = fields.ForeignKeyField(
+        "fleet.Terminal", related_name="desired_docs", on_delete=fields.CASCADE
+    )
+    terminal_id: str
+    version = fields.BigIntField()
+    hash = fields.CharField(max_length=71)
+    payload = fields.TextField()
+    envelope = fields.TextField()
+    created_at = fields.DatetimeField()
+    reason = fields.CharField(max_length=200, default="")
+    #: When the broker last took it (PUBACK), null while it was never delivered to the broker.
+    published_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "desired_doc"
+        unique_together = (("terminal", "version"),)
+
+
+class Template(Model):
+    """A form template (JSON Schema plus layout), versioned in TemplateVersion."""
+
+    id = fields.CharField(primary_key=True, max_length=64)
+    created_at = fields.DatetimeField()
+
+    versions: fields.ReverseRelation[TemplateVersion]
+
+    class Meta:
+        table = "template"
+
+
+class TemplateVersion(Model):
+    id = fields.IntField(primary_key=True)
+    template: fields.ForeignKeyRelation[Template] = fields.ForeignKeyField(
+        "fleet.Template", related_name="versions", on_delete=fields.CASCADE
+    )
+    template_id: str
+    version = fields.IntField()
+    content = fields.JSONField[dict[str, object]]()
+    sha256 = fields.CharField(max_length=64, db_index=True)
+    size = fields.IntField()
+    created_at = fields.DatetimeField()
+    created_by = fields.CharField(max_length=100, default="")
+
+    class Meta:
+        table = "template_version"
+        unique_together = (("template", "version"),)
+
+
+class TemplateAssignment(Model):
+    """A template given to a site or a terminal, at a pinned version or (null) the latest."""
+
+    id = fields.IntField(primary_key=True)
+    template: fields.ForeignKeyRelation[Template] = fields.ForeignKeyField(
+        "fleet.Template", related_name="assignments", on_delete=fields.CASCADE
+    )
+    template_id: str
+    scope = fields.CharEnumField(AssignmentScope, max_length=16)
+    key = fields.CharField(max_length=64)
+    version = fields.IntField(null=True)
+
+    class Meta:
+        table = "template_assignment"
+        unique_together = (("template", "scope", "key"),)
+        indexes = (("scope", "key"),)
+
+
+class TerminalReported(Model):
+    """The last `reported` message of a terminal: what it did with a document, what it runs."""
+
+    id = fields.IntField(primary_key=True)
+    terminal: fields.OneToOneRelation[Terminal] = fields.OneToOneField(
+        "fleet.Terminal", related_name="reported", on_delete=fields.CASCADE
+    )
+    terminal_id: str
+    version = fields.BigIntField(null=True)
+    hash = fields.CharField(max_length=71, null=True)
+    result = fields.CharField(max_length=16)
+    error = fields.TextField(null=True)
+    applied_version = fields.BigIntField(null=True)
+    applied_hash = fields.CharField(max_length=71, null=True)
+    ts = fields.DatetimeField()  # the agent's clock
+    updated_at = fields.DatetimeField()
+
+    class Meta:
+        table = "terminal_reported"
+
+
+class Command(Model):
+    """A remote command to one terminal and, once it answers, its result."""
+
+    id = fields.UUIDField(primary_key=True)
+    terminal: fields.ForeignKeyRelation[Terminal] = fields.ForeignKeyField(
+        "fleet.Terminal", related_name="commands", on_delete=fields.CASCADE
+    )
+    terminal_id: str
+    name = fields.CharField(max_length=32)
+    args = fields.JSONField[dict[str, object]](default=dict)
+    issued_at = fields.DatetimeField()
+    expires_at = fields.DatetimeField()
+    issued_by = fields.CharField(max_length=100, default="")
+    status = fields.CharEnumField(CommandStatus, max_length=16, default=CommandStatus.PENDING)
+    detail = fields.TextField(default="")
+    result_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "command"
+        indexes = (("terminal_id", "issued_at"),)

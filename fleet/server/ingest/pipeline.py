@@ -40,17 +40,22 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from tortoise.exceptions import DBConnectionError, IntegrityError, OperationalError
 
+from agent.desired.document import DocumentError, check_reported
+from fleet.firmware import HardwareModel
 from fleet.server.alerts import STATUS_RULES, ActiveAlert, AlertEngine, Cleared, Thresholds, assess
 from fleet.server.alerts import Transition as AlertTransition
 from fleet.server.alerts.rules import paper_level
+from fleet.server.alerts.thresholds import ThresholdsByModel
 from fleet.server.db.models import Alert, DeadLetter, SeqGap, Terminal, TerminalEvent
+from fleet.server.desired import commands
+from fleet.server.desired.drift import record_reported
 from fleet.server.events_bus import EventBus
 from fleet.server.ingest.gaps import missing_seqs
 from fleet.server.ingest.presence import PresenceTracker
@@ -66,7 +71,16 @@ from fleet.server.ingest.store import (
     persist_presence,
     write_batch,
 )
-from fleet.server.ingest.validate import Event, Message, Presence, Rejection, Status, parse
+from fleet.server.ingest.validate import (
+    CmdResult,
+    Event,
+    Message,
+    Presence,
+    Rejection,
+    Reported,
+    Status,
+    parse,
+)
 from fleet.server.metrics import FleetMetrics
 from fleet.server.settings import Settings
 from fleet.server.terminal_state import terminal_state
@@ -84,6 +98,14 @@ class MessageSource(Protocol):
     async def batch(self, max_items: int = ..., linger_s: float = ...) -> list[Received]: ...
 
     def ack_many(self, msgs: list[Received]) -> int: ...
+
+
+@dataclass
+class _DesiredSide:
+    """`reported` and `cmd/result` messages of a batch, written once the batch is stored."""
+
+    reported: list[tuple[str, dict[str, Any], datetime]] = field(default_factory=list)
+    results: list[tuple[commands.Result, datetime]] = field(default_factory=list)
 
 
 @dataclass
@@ -113,7 +135,9 @@ class Pipeline:
         presence: PresenceTracker | None = None,
         sequence: SequenceTracker | None = None,
         clock: Callable[[], float] = time.time,
+        models: Mapping[str, HardwareModel] | None = None,
     ) -> None:
+        """`models`: the hardware models (firmware_configs/) whose thresholds the alerts use."""
         self.settings = settings
         self.bus = bus
         self.metrics = metrics
@@ -124,6 +148,7 @@ class Pipeline:
         )
         self.sequence = sequence or SequenceTracker()
         self.thresholds = Thresholds(paper_low_pct=float(settings.paper_low_pct))
+        self._model_thresholds = ThresholdsByModel(models or {}, self.thresholds)
         self.clock = clock
         self._known: dict[str, _Known] = {}
         # handle() and tick() both move the trackers and write; one at a time keeps the
@@ -218,7 +243,13 @@ class Pipeline:
         newest: dict[str, tuple[Status, float]] = {}
         presence: list[PresenceTransition] = []
         lags: list[float] = []
+        side = _DesiredSide()
+        known_cmds = await self._known_commands(parsed)
         for m, p in parsed:
+            if isinstance(p, Reported | CmdResult):
+                refused = self._desired_side(m, p, side, known_cmds)
+                if refused is not None:
+                    p = Rejection(refused[0], refused[1], m.topic, p.terminal)  # type: ignore[arg-type]
             if isinstance(p, Rejection):
                 write.dead.append(self._dead(m, p.reason, p.detail))
                 counts["rejected"] += 1
@@ -233,6 +264,7 @@ class Pipeline:
             return
         if self.metrics is not None:
             self.metrics.db_write.observe(time.perf_counter() - started)
+        await self._store_desired_side(side)
         await self._after_store(newest, presence, write)
         self._count(counts)
         if self.metrics is not None:
@@ -288,6 +320,53 @@ class Pipeline:
             )
             newest[tid] = (p, m.received_at)
         return "stored"
+
+    # -- reported and cmd/result ----------------------------------------------------------------
+
+    @staticmethod
+    async def _known_commands(
+        parsed: list[tuple[Received, Message | Rejection]],
+    ) -> set[Any]:
+        pairs = set()
+        for _, p in parsed:
+            if isinstance(p, CmdResult):
+                with contextlib.suppress(DocumentError):
+                    pairs.add((commands.check_result(p.raw).id, p.terminal))
+        return await commands.known(pairs)
+
+    @staticmethod
+    def _desired_side(
+        m: Received, p: Reported | CmdResult, side: _DesiredSide, known_cmds: set[Any]
+    ) -> tuple[str, str] | None:
+        """Check one message and queue its write; (reason, detail) when it is refused."""
+        received = _dt(m.received_at)
+        try:
+            if isinstance(p, Reported):
+                check_reported(p.raw)
+                side.reported.append((p.terminal, p.raw, p.ts or received))
+                return None
+            result = commands.check_result(p.raw)
+        except DocumentError as e:
+            return "schema", str(e)
+        if (result.id, p.terminal) not in known_cmds:
+            return "unknown_command", f"no command {result.id} for this terminal"
+        side.results.append((result, received))
+        return None
+
+    async def _store_desired_side(self, side: _DesiredSide) -> None:
+        # After the batch's own transaction: both writes are idempotent, and the batch is acked
+        # only after them, so a crash in between redelivers and rewrites them.
+        now = _dt(self.clock())
+        for tid, doc, ts in side.reported:
+            try:
+                await record_reported(tid, doc, ts, now)
+            except Exception:
+                log.exception("storing a reported message of %s failed", tid)
+        for result, at in side.results:
+            try:
+                await commands.record(result, at)
+            except Exception:
+                log.exception("storing the result of command %s failed", result.id)
 
     @staticmethod
     def _sequence_notes(tid: str, seq: int, outcome: New, write: BatchWrite) -> None:
@@ -383,7 +462,8 @@ class Pipeline:
             await self._presence_changed(tr, alerts)
         for tid, (status, received_at) in newest.items():
             online = self.presence.is_online(tid) is not False
-            a = assess(status.raw, online, self.thresholds, self.engine.active_rules(tid))
+            th = self.thresholds_for(tid)
+            a = assess(status.raw, online, th, self.engine.active_rules(tid))
             alerts += self.engine.update(
                 tid, _dt(received_at), a.hits, a.unknown, scope=_STATUS_SCOPE
             )
@@ -409,6 +489,11 @@ class Pipeline:
         }
 
     # -- presence and alerts ------------------------------------------------------------------
+
+    def thresholds_for(self, terminal: str) -> Thresholds:
+        """The alert thresholds of a terminal: its hardware model's, else the settings'."""
+        known = self._known.get(terminal)
+        return self._model_thresholds.thresholds_for(known.model if known else None)
 
     async def _presence_changed(
         self, tr: PresenceTransition, alerts: list[AlertTransition]

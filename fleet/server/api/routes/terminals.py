@@ -11,6 +11,7 @@ from tortoise.expressions import Q, Subquery
 from fleet.server.api.deps import Ctx, FleetReader, Limit, Offset
 from fleet.server.api.schemas import History, Page, SamplePublic, TerminalDetail, TerminalSummary
 from fleet.server.db.models import Alert, StatusSample, Terminal
+from fleet.server.desired.drift import drift_state
 from fleet.server.terminal_state import STATES, TerminalState
 
 router = APIRouter(prefix="/terminals", tags=["terminals"])
@@ -73,11 +74,11 @@ async def list_terminals(
 
 
 @router.get("/{terminal_id}", response_model=TerminalDetail)
-async def get_terminal(terminal_id: str, _: FleetReader) -> TerminalDetail:
+async def get_terminal(terminal_id: str, ctx: Ctx, _: FleetReader) -> TerminalDetail:
     """One terminal: latest status, presence, versions, configuration drift, open alerts."""
     t = await _terminal_or_404(terminal_id)
     alerts = await Alert.filter(terminal_id=t.id, active_key=1).order_by("rule")
-    return TerminalDetail.of_detail(t, alerts)
+    return TerminalDetail.of_detail(t, alerts, await drift_state(t.id, ctx.clock()))
 
 
 @router.get("/{terminal_id}/history", response_model=History)
