@@ -14,9 +14,9 @@ from fleet.cli_common import CliError, warn, write_atomic
 from fleet.server.broker_files import BROKER_SUBDIR, BrokerError, BrokerFiles
 from fleet.server.provisioning import (
     CONFIG_KEY_PLACEHOLDER,
-    MODEL_DRIVERS,
     ProvisioningError,
     UserRegistry,
+    known_models,
     provision_terminal,
 )
 from fleet.server.registry import db_register_hook
@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="Create the terminal's MQTT user (username = terminal id, a random "
         "password) and write the agent config to install on the kiosk (mode 0600: it holds "
         "the password). Known hardware models: "
-        + ", ".join(MODEL_DRIVERS)
+        + ", ".join(["sim", *known_models()])
         + "; any other model gets simulated devices.",
     )
     add.add_argument("terminal_id", metavar="ID", help="terminal id, e.g. WH-HALL-01")
@@ -110,7 +110,7 @@ def run_add(args: argparse.Namespace) -> int:
             f"fleet terminals: the broker is external: create MQTT user {args.terminal_id!r} "
             "there with the password in the config file"
         )
-    if args.model.strip().lower() not in {m.lower() for m in MODEL_DRIVERS}:
+    if args.model.strip().lower() not in known_models():
         warn(f"fleet terminals: unknown model {args.model!r}: the config uses simulated devices")
     return 0
 

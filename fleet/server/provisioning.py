@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 from urllib.parse import urlsplit
 
+from fleet.firmware import FirmwareConfigError, HardwareModel, firmware_dir, load_models
+
 #: DESIGN.md, MQTT contract (v1); the same pattern as the agent's `agent.report.TERMINAL_ID`.
 #: Always used with fullmatch: `$` alone also matches before a trailing newline.
 TERMINAL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -65,44 +67,51 @@ class Drivers:
 
 SIMULATOR = Drivers(printer={"driver": "sim", "capacity": 500}, reader={"driver": "sim"})
 
-#: Hardware models we know, by the name operators use. Until per-model files arrive in
-#: firmware_configs/, this table is the source; an unknown model gets the simulator, so the
-#: config is valid and the terminal reports while someone fills in its drivers.
-MODEL_DRIVERS: dict[str, Drivers] = {
-    "sim": SIMULATOR,
-    # A4 laser printer speaking IPP Everywhere through the kiosk's CUPS, PC/SC ID-card reader.
-    "KSK-A4-IPP": Drivers(
-        printer={
-            "driver": "ipp",
-            "uri": "ipp://localhost:631/printers/kiosk",
-            "timeout_s": 5.0,
-            "capacity": 500,
-        },
-        reader={"driver": "pcsc", "timeout_s": 3.0},
-    ),
-    # 80 mm receipt printer (ESC/POS over TCP 9100) and a PC/SC reader.
-    "KSK-R80-ESCPOS": Drivers(
-        printer={
-            "driver": "escpos",
-            "address": "tcp://192.168.1.50:9100",
-            "timeout_s": 2.0,
-            "capacity": 300,
-        },
-        reader={"driver": "pcsc", "timeout_s": 3.0},
-        adjust_on_site=("address",),
-    ),
+#: Printer addresses that differ per kiosk: a placeholder the installer replaces on site.
+_PRINTER_ADDRESS: dict[str, tuple[str, str]] = {
+    # IPP Everywhere through the kiosk's own CUPS queue.
+    "ipp": ("uri", "ipp://localhost:631/printers/kiosk"),
+    # A receipt printer on the kiosk's LAN, raw TCP 9100.
+    "escpos": ("address", "tcp://192.168.1.50:9100"),
 }
+
+
+def drivers_of(model: HardwareModel) -> Drivers:
+    """The agent's driver tables for a hardware model of firmware_configs/."""
+    key, address = _PRINTER_ADDRESS[model.printer_driver]
+    printer: dict[str, TomlValue] = {
+        "driver": model.printer_driver,
+        key: address,
+        "timeout_s": model.printer_timeout_s,
+        "capacity": model.paper_capacity,
+    }
+    # Only PC/SC readers have an agent driver; a HID QR scanner types into the kiosk UI.
+    reader: dict[str, TomlValue] = (
+        {"driver": "pcsc", "timeout_s": model.reader_timeout_s or 3.0}
+        if model.reader_type == "pcsc"
+        else {}
+    )
+    return Drivers(printer, reader, adjust_on_site=(key,) if key == "address" else ())
+
+
+def known_models() -> dict[str, HardwareModel]:
+    """The hardware models (firmware_configs/, or FLEET_FIRMWARE_DIR), by id; {} without them."""
+    try:
+        return load_models(firmware_dir())
+    except FirmwareConfigError:
+        return {}
+
+
+def drivers_for(model: str) -> Drivers:
+    """The drivers of a hardware model (case-insensitive); the simulator for `sim` or an
+    unknown one, so the config is valid and the terminal reports while someone fills them in."""
+    found = known_models().get(model.strip().lower())
+    return drivers_of(found) if found is not None else SIMULATOR
 
 
 class Provisioned(NamedTuple):
     agent_toml: str
     password: str
-
-
-def drivers_for(model: str) -> Drivers:
-    """The drivers of a hardware model (case-insensitive); the simulator for an unknown one."""
-    by_name = {name.lower(): d for name, d in MODEL_DRIVERS.items()}
-    return by_name.get(model.strip().lower(), SIMULATOR)
 
 
 def provision_terminal(
@@ -189,7 +198,7 @@ def render_agent_config(
 ) -> str:
     """agent.toml text (see packaging/agent.example.toml for every setting)."""
     drivers = drivers_for(model)
-    known = model.strip().lower() in {name.lower() for name in MODEL_DRIVERS}
+    known = model.strip().lower() in known_models()
     lines = [
         f"# fleet-agent configuration for terminal {_comment(terminal_id)}",
         f"# site: {_comment(site)}; hardware model: {_comment(model)}"
@@ -221,9 +230,9 @@ def render_agent_config(
         "debounce_s = 5",
         "",
         *_table("printer", drivers.printer, drivers.adjust_on_site),
-        "",
-        *_table("reader", drivers.reader, drivers.adjust_on_site),
     ]
+    if drivers.reader:  # no [reader]: the model's reader has no agent driver
+        lines += ["", *_table("reader", drivers.reader, drivers.adjust_on_site)]
     return "\n".join(lines) + "\n"
 
 

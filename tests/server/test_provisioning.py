@@ -51,7 +51,7 @@ def test_renders_a_config_the_agent_loader_accepts(tmp_path: Path) -> None:
     key = tmp_path / "fleet-config.pub"
     key.write_text("-----BEGIN PUBLIC KEY-----\n")
     text, password = provision_terminal(
-        "WH-HALL-01", "wuhou-hall", "KSK-A4-IPP", "mqtts://fleet.example.org:8883", None, str(key)
+        "WH-HALL-01", "wuhou-hall", "kx-a4-ipp", "mqtts://fleet.example.org:8883", None, str(key)
     )
     cfg = _load(text, tmp_path)
     assert cfg.terminal_id == "WH-HALL-01"
@@ -79,17 +79,21 @@ def test_passwords_are_long_random_and_unique() -> None:
 @pytest.mark.parametrize(
     ("model", "printer", "reader"),
     [
-        ("KSK-A4-IPP", "ipp", "pcsc"),
-        ("ksk-r80-escpos", "escpos", "pcsc"),  # model names are matched case-insensitively
+        ("kx-a4-ipp", "ipp", "pcsc"),
+        ("KX-A4-DualTray-IPP", "ipp", "pcsc"),  # model ids are matched case-insensitively
+        ("kx-receipt-escpos", "escpos", None),  # a HID QR scanner has no agent driver
         ("sim", "sim", "sim"),
         ("Unknown Brand 9000", "sim", "sim"),
     ],
 )
-def test_model_picks_the_drivers(model: str, printer: str, reader: str, tmp_path: Path) -> None:
+def test_model_picks_the_drivers(
+    model: str, printer: str, reader: str | None, tmp_path: Path
+) -> None:
+    """The drivers come from the model's file in firmware_configs/."""
     text, _ = provision_terminal("T-1", "site-1", model, "mqtt://127.0.0.1:1883", None, None)
     cfg = _load(text, tmp_path)
     assert cfg.printer is not None and cfg.printer.driver == printer
-    assert cfg.reader is not None and cfg.reader.driver == reader
+    assert (cfg.reader.driver if cfg.reader else None) == reader
     assert cfg.config_public_key is None  # left as a commented placeholder
     assert "# config_public_key = " in text
 
@@ -205,3 +209,14 @@ def test_cli_refuses_a_bad_id_and_a_missing_broker(
     (tmp_path / "mosquitto" / "mosquitto.conf").write_text("listener 1883 127.0.0.1\n")
     assert fleet_main([*base[:2], "bad id", *base[2:]]) == 2
     assert "does not match" in capsys.readouterr().err
+
+
+def test_tray_capacity_and_timeouts_come_from_the_model_file(tmp_path: Path) -> None:
+    text, _ = provision_terminal(
+        "T-1", "site-1", "kx-a4-dualtray-ipp", "mqtt://127.0.0.1:1883", None, None
+    )
+    cfg = _load(text, tmp_path)
+    assert cfg.printer is not None
+    assert cfg.printer.settings["capacity"] == 1100  # two trays of 550
+    text, _ = provision_terminal("T-2", "site-1", "kx-receipt-escpos", "mqtt://h", None, None)
+    assert 'address = "tcp://192.168.1.50:9100"  # adjust on site' in text
