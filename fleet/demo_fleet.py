@@ -23,8 +23,12 @@ import time
 import urllib.request
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from fleet.cli_common import CliError, warn
+
+if TYPE_CHECKING:
+    from fleet.server.settings import Settings
 
 #: The simulator's site kinds -> the database's.
 _KINDS = {"hall": "hall", "street_centre": "street", "community": "community"}
@@ -134,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
         for tid, pw in passwords.items():
             files.add_user(tid, pw)
         host, port = files.listener()
+        public_key = _config_public_key(settings, data)
         sim = subprocess.Popen(
             [
                 str(bin_dir / "fleet-sim"),
@@ -143,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
                 "--status-interval", str(args.status_interval),
                 "--time-scale", str(args.time_scale),
                 "--stats-interval", "60",
+                "--config-public-key", str(public_key),
             ],
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -160,6 +166,17 @@ def run(args: argparse.Namespace) -> int:
                     proc.kill()
         log.close()
     return 0
+
+
+def _config_public_key(settings: Settings, data: Path) -> Path:
+    """The public half of the config key `fleet serve` made on its first start, for the sim."""
+    import rust_core
+
+    assert settings.config_key_file is not None
+    pem = rust_core.SigningKey.from_pem(settings.config_key_file.read_bytes()).public_pem()
+    path = data / "fleet-config.pub"
+    path.write_text(pem)
+    return path
 
 
 def _announce(url: str, token: str, terminals: int, data: Path) -> None:

@@ -48,6 +48,8 @@ TICK_S = 1.0
 RETENTION_INTERVAL_S = 3600.0
 #: How long start-up waits for the first connection before serving anyway (paho keeps trying).
 CONNECT_WAIT_S = 10.0
+#: How often terminals registered while the server runs are given their first document.
+NEW_TERMINAL_SCAN_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -150,8 +152,19 @@ def desired_hook(
         service = DesiredService(key, models=models, published_total=ctx.metrics.desired_published)
 
         async def republish() -> None:
+            # Layers or firmware_configs/ may have changed while the server was down.
+            outcomes = await service.recompute(reason="server start")
+            new = sum(o.result == "new" for o in outcomes)
             n = await service.republish_latest()
-            log.info("republished the latest desired document of %d terminals", n)
+            log.info("desired state: %d new documents, %d republished", new, n)
+
+        async def first_documents() -> None:
+            while True:
+                await asyncio.sleep(NEW_TERMINAL_SCAN_S)
+                try:
+                    await service.recompute_new_terminals()
+                except Exception:  # the next scan tries again
+                    log.exception("desired state: first documents failed")
 
         publisher = Publisher(
             PublisherConfig(
@@ -167,9 +180,11 @@ def desired_hook(
         service.publisher = publisher
         ctx.desired = service
         await publisher.start()
+        scan = asyncio.create_task(first_documents(), name="desired-first-documents")
         try:
             yield
         finally:
+            scan.cancel()
             ctx.desired = None
             await publisher.stop()
 

@@ -15,7 +15,7 @@ import contextvars
 import os
 from datetime import time
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
@@ -70,6 +70,18 @@ class Settings(BaseSettings):
     # `config-key.pem` in data_dir. Made on first start in dev mode; outside dev mode a missing
     # file stops the server (make it with `fleet keys generate --alg EdDSA --out ...`).
     config_key_file: Path | None = None
+    # The issuing key that signs licences (LIC1): a separate key from the config key, since
+    # auditors trust it and kiosks do not. Empty means `issuer-key.pem` in data_dir; made (with
+    # issuer_key_alg) on first start in dev mode, required outside it.
+    issuer_key_file: Path | None = None
+    issuer_key_alg: Literal["EdDSA", "ES256", "SM2"] = "EdDSA"
+    # The issuing authority: `iss` of every licence and `issuer` of the trust list.
+    issuer: str = Field(default="CN-510107", min_length=1, max_length=64)
+    # The authority's name as printed on the licence (登记机关).
+    issuer_authority_name: str = "成都市武侯区市场监督管理局"
+    # Earlier issuing keys (PEM files, public or private) still on the trust list, so licences
+    # printed before a key rotation keep verifying.
+    issuer_previous_keys: list[Path] = Field(default_factory=list)
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
@@ -127,6 +139,8 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite://{self.data_dir / 'fleet.sqlite3'}"
         if self.config_key_file is None:
             self.config_key_file = self.data_dir / "config-key.pem"
+        if self.issuer_key_file is None:
+            self.issuer_key_file = self.data_dir / "issuer-key.pem"
         if self.service_hours_end <= self.service_hours_start:
             raise ValueError("service_hours_end must be after service_hours_start")
         if not self.dev_mode:

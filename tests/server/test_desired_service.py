@@ -14,7 +14,9 @@ from fleet.server.db.models import (
     AssignmentScope,
     DesiredDoc,
     LayerScope,
+    Site,
     TemplateAssignment,
+    Terminal,
 )
 from fleet.server.desired.service import TemplateError, content_of
 from tests.server.desired_support import KEY, NOW, FakePublisher, seed, service
@@ -184,3 +186,16 @@ async def test_a_failed_publish_keeps_the_document_and_republishes_later(db: str
     pub.down = False
     (again,) = await svc.recompute(["T1"])
     assert (again.result, again.version, again.published) == ("unchanged", 2, True)
+
+
+async def test_a_terminal_registered_later_gets_its_first_document(db: str) -> None:
+    await seed()
+    pub = FakePublisher()
+    svc = service(pub)
+    await svc.recompute()
+    assert await svc.recompute_new_terminals() == []  # everyone has one
+    site = await Site.get(id="S2")
+    await Terminal.create(id="T9", site=site, model="kx-a4-ipp", mqtt_username="T9")
+    out = await svc.recompute_new_terminals()
+    assert [(o.terminal, o.result, o.version) for o in out] == [("T9", "new", 1)]
+    assert [t for t, _, _ in pub.sent] == [TOPIC.format(t) for t in ("T1", "T2", "T3", "T9")]

@@ -40,6 +40,7 @@ from fleet.server.api.routes import (
 from fleet.server.api.schemas import ErrorBody
 from fleet.server.db import close_db, init_db
 from fleet.server.settings import Settings
+from fleet.server.web import pages as web_pages
 
 LifespanHook = Callable[[AppContext], AbstractAsyncContextManager[None]]
 
@@ -85,4 +86,5 @@ def create_app(
     app.include_router(v1)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    web_pages.mount(app)  # the dashboard: /, /login, /alerts, ..., /static
     return app

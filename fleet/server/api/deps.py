@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fleet.server.api.auth import Principal, authenticate
 from fleet.server.api.context import AppContext
 from fleet.server.db.models import Role
+from fleet.server.web.session import session_principal
 
 #: Least privilege: auditors verify licences in the field and have no business with the fleet's
 #: state, so every fleet route is for operators and admins. Reading and acknowledging are kept as
@@ -30,10 +31,19 @@ def get_context(request: Request) -> AppContext:
 
 
 async def get_principal(
+    request: Request,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    """The caller, from the bearer token; 401 (RFC 6750 challenge) when absent or not valid."""
+    """The caller, from the bearer token; 401 (RFC 6750 challenge) when absent or not valid.
+
+    Without a bearer header, the dashboard's session cookie (fleet.server.web.session) also
+    counts, so the pages' fetches and EventSource use this API; a state-changing request made
+    that way must carry the session's CSRF token (else 403).
+    """
     if creds is None:
+        from_session = await session_principal(request)
+        if from_session is not None:
+            return from_session
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "missing bearer token",

@@ -355,3 +355,33 @@ class Command(Model):
     class Meta:
         table = "command"
         indexes = (("terminal_id", "issued_at"),)
+
+
+# --- licences (issue 7) ------------------------------------------------------------------------
+
+
+class Licence(Model):
+    """An issued (signed) business licence, as printed: the LIC1 text and the claims in it.
+
+    `serial` is the claims' `cti` as 32 hex digits, the revocation key. `claims` is the JSON
+    form (`fleet.licence_claims.claims_to_json`); `text` is exactly what the QR code carries.
+    A revoked licence keeps its row: the revocation list is every row with `revoked_at` set.
+    """
+
+    id = fields.BigIntField(primary_key=True)
+    serial = fields.CharField(max_length=32, unique=True)
+    claims = fields.JSONField[dict[str, object]]()
+    text = fields.TextField()
+    terminal: fields.ForeignKeyNullableRelation[Terminal] = fields.ForeignKeyField(
+        "fleet.Terminal", related_name="licences", on_delete=fields.SET_NULL, null=True
+    )
+    terminal_id: str | None
+    issued_at = fields.DatetimeField()
+    issued_by = fields.CharField(max_length=100, default="")
+    revoked_at = fields.DatetimeField(null=True)
+    revoke_reason = fields.TextField(null=True)
+    revoked_by = fields.CharField(max_length=100, null=True)
+
+    class Meta:
+        table = "licence"
+        indexes = (("issued_at",), ("revoked_at",))

@@ -194,6 +194,15 @@ class DesiredService:
         async with self._lock:
             return await self._recompute(terminal_ids, reason)
 
+    async def recompute_new_terminals(self) -> list[Outcome]:
+        """Give a first document to every terminal that has none (provisioned or auto-registered
+        while the server ran)."""
+        async with self._lock:
+            have = set(await DesiredDoc.all().distinct().values_list("terminal_id", flat=True))
+            every = await Terminal.all().values_list("id", flat=True)
+            ids = [str(t) for t in every if t not in have]
+            return await self._recompute(ids, "first document") if ids else []
+
     async def set_layer(
         self, scope: LayerScope, key: str, layer: dict[str, Any], by: str
     ) -> list[Outcome]:

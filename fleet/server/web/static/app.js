@@ -1,0 +1,374 @@
+// The dashboard's only script: live updates over SSE, acknowledge, commands, verify, issue.
+// Everything from the server is put into the page with textContent, never as HTML.
+"use strict";
+
+(function () {
+  const T = readJson("i18n") || {};
+  const DATA = readJson("page-data") || {};
+  const CSRF = (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
+
+  function readJson(id) {
+    const el = document.getElementById(id);
+    return el ? JSON.parse(el.textContent) : null;
+  }
+
+  function el(tag, attrs, children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (k === "text") node.textContent = v;
+      else if (k === "class") node.className = v;
+      else node.setAttribute(k, v);
+    }
+    for (const c of children || []) node.append(c);
+    return node;
+  }
+
+  function when(iso, withDate) {
+    if (!iso) return "—";
+    const d = new Date(iso);
+    const opts = { timeZone: DATA.zone || "Asia/Shanghai", hour12: false,
+      hour: "2-digit", minute: "2-digit", second: "2-digit" };
+    if (withDate !== false) { opts.month = "2-digit"; opts.day = "2-digit"; }
+    const parts = {};
+    for (const p of new Intl.DateTimeFormat("en-GB", opts).formatToParts(d)) parts[p.type] = p.value;
+    const time = `${parts.hour}:${parts.minute}:${parts.second}`;
+    return withDate === false ? time : `${parts.month}-${parts.day} ${time}`;
+  }
+
+  async function api(method, path, body) {
+    const headers = { "X-CSRF-Token": CSRF, "Accept": "application/json" };
+    if (body !== undefined && !(body instanceof FormData)) headers["Content-Type"] = "application/json";
+    const r = await fetch(path, {
+      method, headers, credentials: "same-origin",
+      body: body === undefined ? undefined : (body instanceof FormData ? body : JSON.stringify(body)),
+    });
+    let payload = null;
+    try { payload = await r.json(); } catch (e) { payload = null; }
+    if (!r.ok) {
+      const detail = payload && payload.detail ? JSON.stringify(payload.detail) : String(r.status);
+      throw new Error(detail);
+    }
+    return payload;
+  }
+
+  // --- live updates ---------------------------------------------------------------------------
+
+  function live(handlers) {
+    const badge = document.getElementById("live");
+    const source = new EventSource("/api/v1/events");
+    const show = (ok) => {
+      badge.hidden = false;
+      badge.textContent = ok ? T.live_on : T.live_off;
+      badge.className = "live " + (ok ? "on" : "off");
+      document.body.dataset.live = ok ? "on" : "off";
+    };
+    source.onopen = () => show(true);
+    source.onerror = () => show(false);
+    for (const [kind, fn] of Object.entries(handlers)) {
+      source.addEventListener(kind, (ev) => fn(JSON.parse(ev.data)));
+    }
+    // Too slow a reader is dropped by the server: start over from a fresh page.
+    source.addEventListener("dropped", () => window.location.reload());
+    return source;
+  }
+
+  // --- overview -------------------------------------------------------------------------------
+
+  function overview() {
+    const terminals = DATA.terminals || {};
+    const recount = () => {
+      const byState = {}, bySite = {};
+      let total = 0;
+      for (const [site, state] of Object.values(terminals)) {
+        byState[state] = (byState[state] || 0) + 1;
+        bySite[site] = (bySite[site] || 0) + 1;
+        total += 1;
+      }
+      document.querySelectorAll("[data-state-count]").forEach((n) => {
+        n.textContent = byState[n.dataset.stateCount] || 0;
+      });
+      document.querySelectorAll("[data-site-count]").forEach((n) => {
+        n.textContent = bySite[n.dataset.siteCount] || 0;
+      });
+      document.getElementById("count-total").textContent = total;
+    };
+    const row = (id) => document.querySelector(`tr[data-terminal="${CSS.escape(id)}"]`);
+    const setState = (id, state) => {
+      const tr = row(id);
+      if (!tr) return;
+      tr.className = "state-" + state;
+      const badge = tr.querySelector(".state .badge");
+      badge.className = "badge state-" + state;
+      badge.textContent = T["state_" + state] || state;
+    };
+    live({
+      status(e) {
+        if (terminals[e.terminal]) terminals[e.terminal] = [terminals[e.terminal][0], e.state];
+        else terminals[e.terminal] = [e.site, e.state];
+        recount();
+        const tr = row(e.terminal);
+        if (!tr) return;
+        setState(e.terminal, e.state);
+        const pct = e.paper_pct;
+        const bar = tr.querySelector(".paper .bar");
+        bar.classList.toggle("low", pct !== null && pct <= 20);
+        bar.querySelector(".fill").style.width = (pct || 0) + "%";
+        tr.querySelector(".paper .pct").textContent = pct === null ? "—" : pct + "%";
+        tr.querySelector(".seen").textContent = when(e.last_seen);
+        tr.classList.add("flash");
+        setTimeout(() => tr.classList.remove("flash"), 800);
+      },
+      presence(e) {
+        if (!e.online && terminals[e.terminal]) {
+          terminals[e.terminal] = [terminals[e.terminal][0], "offline"];
+          recount();
+          setState(e.terminal, "offline");
+        }
+      },
+      alert(e) {
+        const tr = row(e.terminal);
+        if (!tr) return;
+        const cell = tr.querySelector(".alerts");
+        const existing = cell.querySelector(`[data-rule="${CSS.escape(e.rule)}"]`);
+        if (e.transition === "opened" && !existing) {
+          cell.append(el("span", { class: "alert-badge", "data-rule": e.rule,
+            text: (DATA.rules || {})[e.rule] || e.rule }));
+        } else if (e.transition === "cleared" && existing) {
+          existing.remove();
+        }
+      },
+    });
+  }
+
+  // --- alerts ---------------------------------------------------------------------------------
+
+  function ackButton(id) {
+    const b = el("button", { type: "button", class: "ack-button", "data-alert": String(id), text: T.ack });
+    return b;
+  }
+
+  function alertsPage() {
+    const active = document.querySelector("#active-alerts tbody");
+    const recent = document.querySelector("#recent-alerts tbody");
+    const count = () => {
+      const n = active.querySelectorAll("tr").length;
+      document.getElementById("active-count").textContent = n;
+      document.getElementById("no-active").hidden = n > 0;
+    };
+    const ackedText = (by) => T.acked_by + (by || "");
+    document.addEventListener("click", async (ev) => {
+      const b = ev.target.closest(".ack-button");
+      if (!b) return;
+      b.disabled = true;
+      try {
+        const a = await api("POST", `/api/v1/alerts/${encodeURIComponent(b.dataset.alert)}/ack`);
+        b.parentElement.textContent = ackedText(a.acked_by);
+      } catch (err) {
+        b.disabled = false;
+        b.title = String(err.message);
+      }
+    });
+    live({
+      alert(e) {
+        const existing = active.querySelector(`tr[data-alert="${CSS.escape(String(e.id))}"]`);
+        if (e.transition === "opened" && !existing) {
+          const sev = e.severity || "warning";
+          const link = el("a", { href: "/terminals/" + encodeURIComponent(e.terminal), text: e.terminal });
+          const tr = el("tr", { "data-alert": String(e.id), class: "sev-" + sev + " new" }, [
+            el("td", {}, [link]),
+            el("td", { class: "rule", text: (DATA.rules || {})[e.rule] || e.rule }),
+            el("td", {}, [el("span", { class: "badge sev-" + sev, text: T["severity_" + sev] || sev })]),
+            el("td", { text: when(e.at) }),
+            el("td", { class: "ack" }, [ackButton(e.id)]),
+          ]);
+          active.prepend(tr);
+        } else if (e.transition === "acked" && existing) {
+          existing.querySelector(".ack").textContent = ackedText(e.acked_by);
+        } else if (e.transition === "cleared" && existing) {
+          existing.remove();
+          const cells = existing.querySelectorAll("td");
+          cells[cells.length - 1].textContent = when(e.at);
+          recent.prepend(existing);
+        }
+        count();
+      },
+    });
+  }
+
+  // --- terminal detail ------------------------------------------------------------------------
+
+  function terminalPage() {
+    const out = document.getElementById("command-result");
+    document.querySelectorAll("button.command").forEach((b) => {
+      b.addEventListener("click", async () => {
+        b.disabled = true;
+        try {
+          const c = await api("POST", `/api/v1/terminals/${encodeURIComponent(b.dataset.terminal)}/commands`,
+            { name: b.dataset.command });
+          out.textContent = `${T.cmd_sent}: ${c.name} (${c.status})`;
+          out.className = "ok";
+          setTimeout(() => window.location.reload(), 1500);
+        } catch (err) {
+          out.textContent = `${T.cmd_failed}: ${err.message}`;
+          out.className = "bad";
+        } finally {
+          b.disabled = false;
+        }
+      });
+    });
+    live({
+      status(e) {
+        if (e.terminal !== DATA.terminal) return;
+        const badge = document.getElementById("terminal-state");
+        badge.className = "badge state-" + e.state;
+        badge.textContent = T["state_" + e.state] || e.state;
+      },
+    });
+  }
+
+  // --- verify ---------------------------------------------------------------------------------
+
+  function verifyPage() {
+    const input = document.getElementById("scan");
+    const box = document.getElementById("verdict");
+    const word = document.getElementById("verdict-word");
+    const detail = document.getElementById("verdict-detail");
+    const licence = document.getElementById("licence");
+    const scans = document.querySelector("#scans tbody");
+    const verdicts = DATA.verdicts || {};
+    let n = 0;
+    const keepFocus = () => { if (document.activeElement !== input) input.focus(); };
+    // A handheld scanner types into whatever has focus: the input always has it, except while
+    // the auditor is using another control on purpose.
+    document.addEventListener("click", (ev) => {
+      if (!ev.target.closest("input, button, select, a, label")) keepFocus();
+    });
+    input.addEventListener("blur", () => setTimeout(() => {
+      if (!document.activeElement || document.activeElement === document.body) keepFocus();
+    }, 50));
+
+    const field = (k, v) => [el("dt", { text: T[k] || k }), el("dd", { text: v })];
+    const show = (r) => {
+      const v = verdicts[r.verdict] || { word: r.verdict, tone: "bad" };
+      box.className = "verdict " + v.tone;
+      box.dataset.verdict = r.verdict;
+      word.textContent = v.word;
+      detail.textContent = r.valid ? "" : [r.stage, r.detail].filter(Boolean).join(": ");
+      licence.replaceChildren();
+      const c = r.claims;
+      if (c) {
+        const lic = c.lic || {};
+        const items = [["lic_serial", r.serial || c.cti || ""], ["lic_iss", c.iss || ""]];
+        if (c.iat) items.push(["lic_iat", when(new Date(c.iat * 1000).toISOString())]);
+        if (c.exp) items.push(["lic_exp", when(new Date(c.exp * 1000).toISOString())]);
+        for (let i = 1; i <= 9; i++) if (lic[String(i)] !== undefined) items.push(["lic_" + i, String(lic[String(i)])]);
+        for (const [k, val] of items) licence.append(...field(k, val));
+        licence.hidden = false;
+      } else {
+        licence.hidden = true;
+      }
+      n += 1;
+      document.getElementById("scan-count").textContent = n;
+      const name = c && c.lic ? (c.lic["2"] || "") : "";
+      scans.prepend(el("tr", { class: "tone-" + v.tone, "data-verdict": r.verdict }, [
+        el("td", { text: when(new Date().toISOString(), false) }),
+        el("td", { text: v.word }),
+        el("td", { class: "hash", text: r.serial || "" }),
+        el("td", { text: name }),
+        el("td", { class: "muted", text: r.valid ? "" : (r.detail || r.verdict) }),
+      ]));
+    };
+    document.getElementById("scan-form").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const text = input.value.trim();
+      input.value = "";
+      keepFocus();
+      if (!text) return;
+      box.className = "verdict busy";
+      try {
+        const res = await api("POST", "/api/v1/verify", { texts: [text] });
+        show(res.results[0]);
+      } catch (err) {
+        box.className = "verdict bad";
+        word.textContent = T.verify_error;
+        detail.textContent = err.message;
+      }
+    });
+    document.getElementById("clear-scans").addEventListener("click", () => {
+      scans.replaceChildren();
+      n = 0;
+      document.getElementById("scan-count").textContent = n;
+      keepFocus();
+    });
+    const images = document.getElementById("image-form");
+    if (images) {
+      images.addEventListener("submit", async (ev) => {
+        ev.preventDefault();
+        const form = new FormData();
+        for (const f of document.getElementById("images").files) form.append("files", f);
+        try {
+          const res = await api("POST", "/api/v1/verify/images", form);
+          const results = (res.results || []).flatMap((r) => (r.results ? r.results : [r]));
+          if (!results.length) { word.textContent = T.upload_none; box.className = "verdict warn"; }
+          for (const r of results) show(r);
+        } catch (err) {
+          box.className = "verdict bad";
+          word.textContent = T.verify_error;
+          detail.textContent = err.message;
+        }
+        keepFocus();
+      });
+    }
+    keepFocus();
+  }
+
+  // --- issue ----------------------------------------------------------------------------------
+
+  function issuePage() {
+    const form = document.getElementById("issue-form");
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const f = new FormData(form);
+      const lic = {};
+      for (const k of ["uscc", "name", "kind", "rep", "addr", "cap", "est", "scope", "term"]) {
+        const v = String(f.get(k) || "").trim();
+        if (v) lic[k] = v;
+      }
+      const claims = { iss: String(f.get("iss")).trim(), lic };
+      const exp = String(f.get("exp") || "");
+      if (exp) claims.exp = Math.floor(new Date(exp + "T23:59:59+08:00").getTime() / 1000);
+      const title = document.getElementById("issued-title");
+      const section = document.getElementById("issued");
+      section.hidden = false;
+      try {
+        const r = await api("POST", "/api/v1/licences", claims);
+        title.textContent = `${T.issue_done}: ${r.serial}`;
+        const url = URL.createObjectURL(new Blob([r.qr_svg], { type: "image/svg+xml" }));
+        document.getElementById("issued-qr").src = url;
+        document.getElementById("issued-text").textContent = r.text;
+      } catch (err) {
+        title.textContent = `${T.issue_failed}: ${err.message}`;
+      }
+    });
+  }
+
+  // --- common ---------------------------------------------------------------------------------
+
+  document.addEventListener("DOMContentLoaded", () => {
+    // Keep the other query parameters (filters) when switching language.
+    const sw = document.getElementById("lang-switch");
+    if (sw) {
+      const url = new URL(window.location.href);
+      url.searchParams.set("lang", new URL(sw.href).searchParams.get("lang"));
+      sw.href = url.pathname + url.search;
+    }
+    const printButton = document.getElementById("print-button");
+    if (printButton) printButton.addEventListener("click", () => window.print());
+    const page = document.body.className;
+    if (page === "page-overview") overview();
+    else if (page === "page-alerts") alertsPage();
+    else if (page === "page-terminal") terminalPage();
+    else if (page === "page-verify") verifyPage();
+    else if (page === "page-issue") issuePage();
+  });
+})();
