@@ -1,7 +1,15 @@
-"""`fleet config`: the configuration terminals get, starting with the hardware-model files.
+"""`fleet config`: the configuration terminals get.
 
     fleet config validate [DIR]   check every firmware_configs/*.toml (DIR default:
                                   $FLEET_FIRMWARE_DIR, else the repository's firmware_configs/)
+    fleet config get LAYER        print a layer (JSON); LAYER = defaults | model/ID | site/ID |
+                                  terminal/ID, or terminal/ID/desired for the computed document
+    fleet config set LAYER FILE   replace a layer with FILE's JSON object (- = stdin) and print
+                                  each affected terminal's result
+
+`get` and `set` go through the running server's REST API (`--url`, default $FLEET_URL or
+http://127.0.0.1:8000; `--token`, default $FLEET_TOKEN): only the server signs and publishes
+documents, and the API checks roles (reading: operator or admin; changing: admin).
 
 One line per file, `ok` or the error naming the field; exit status 0 when every file is good,
 1 otherwise (CI runs it from `make lint`). Each subcommand registers itself in `add_parser` with
@@ -11,9 +19,14 @@ an `_add_<name>` function and runs in its own `run_<name>`.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 from pathlib import Path
+from typing import Any
 
-from fleet.cli_common import warn
+import httpx
+
+from fleet.cli_common import CliError, read_text, warn
 from fleet.firmware import FirmwareConfigError, firmware_dir, load_model, model_files
 
 
@@ -21,6 +34,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser("config", help="check and show terminal configuration")
     config_sub = p.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
     _add_validate(config_sub)
+    _add_get(config_sub)
+    _add_set(config_sub)
 
 
 def _add_validate(config_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -69,3 +84,97 @@ def run_validate(args: argparse.Namespace) -> int:
         warn(f"fleet config validate: {bad} of {len(files)} files are bad")
         return 1
     return 0
+
+
+# -- get / set through the REST API ------------------------------------------------------------
+
+_SCOPES = {"model": "models", "site": "sites", "terminal": "terminals"}
+
+
+def _api_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--url",
+        default=os.environ.get("FLEET_URL", "http://127.0.0.1:8000"),
+        help="the server (default $FLEET_URL, else http://127.0.0.1:8000)",
+    )
+    p.add_argument(
+        "--token", default=os.environ.get("FLEET_TOKEN"), help="API token (default $FLEET_TOKEN)"
+    )
+
+
+def _add_get(config_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    g = config_sub.add_parser("get", help="print a configuration layer or a terminal's document")
+    g.add_argument(
+        "layer", metavar="LAYER", help="defaults | model/ID | site/ID | terminal/ID[/desired]"
+    )
+    _api_options(g)
+    g.set_defaults(func=run_get)
+
+
+def _add_set(config_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    st = config_sub.add_parser("set", help="replace a configuration layer (admin)")
+    st.add_argument("layer", metavar="LAYER", help="defaults | model/ID | site/ID | terminal/ID")
+    st.add_argument("file", metavar="FILE", help="JSON object of settings, - for stdin")
+    _api_options(st)
+    st.set_defaults(func=run_set)
+
+
+def layer_path(layer: str) -> str:
+    """`site/S1` -> `/api/v1/config/sites/S1` (and the others); CliError for anything else."""
+    if layer == "defaults":
+        return "/api/v1/config/defaults"
+    scope, _, rest = layer.partition("/")
+    key, _, tail = rest.partition("/")
+    if scope in _SCOPES and key and tail in ("", "desired") and (tail == "" or scope == "terminal"):
+        return f"/api/v1/config/{_SCOPES[scope]}/{key}" + (f"/{tail}" if tail else "")
+    raise CliError(f"{layer!r} is not defaults, model/ID, site/ID or terminal/ID[/desired]")
+
+
+def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+    if not args.token:
+        raise CliError("no API token: pass --token or set FLEET_TOKEN")
+    try:
+        r = httpx.request(
+            method,
+            args.url.rstrip("/") + path,
+            json=body,
+            headers={"Authorization": f"Bearer {args.token}"},
+            timeout=120,
+            trust_env=False,
+        )
+    except httpx.HTTPError as e:
+        raise CliError(f"cannot reach {args.url}: {e}") from None
+    if r.status_code >= 400:
+        try:
+            detail = r.json().get("detail", r.text)
+        except ValueError:
+            detail = r.text
+        raise CliError(f"{method} {path}: {r.status_code}: {detail}")
+    return r.json()
+
+
+def run_get(args: argparse.Namespace) -> int:
+    print(json.dumps(_call(args, "GET", layer_path(args.layer)), ensure_ascii=False, indent=2))
+    return 0
+
+
+def run_set(args: argparse.Namespace) -> int:
+    path = layer_path(args.layer)
+    if path.endswith("/desired"):
+        raise CliError("a computed document cannot be set: set one of its layers")
+    text = read_text(args.file, "layer file")
+    try:
+        layer = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CliError(f"{args.file}: not JSON ({e})") from None
+    if not isinstance(layer, dict):
+        raise CliError(f"{args.file}: a layer is a JSON object of settings")
+    out = _call(args, "PUT", path, layer)
+    for r in out.get("results", []):
+        where = f"version {r['version']}" if r.get("version") else (r.get("error") or "")
+        print(f"{r['terminal']}\t{r['result']}\t{where}")
+    warn(
+        f"fleet config set: {out.get('new', 0)} new, {out.get('unchanged', 0)} unchanged, "
+        f"{out.get('errors', 0)} errors"
+    )
+    return 1 if out.get("errors") else 0

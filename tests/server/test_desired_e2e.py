@@ -135,6 +135,49 @@ def test_a_change_reaches_online_and_later_terminals_and_drift_clears(server: Se
         assert good["version"] == new["T1"]["version"]
         pub.close()
         assert wait_until(lambda: drifting(s) == 0, 5, "no drift") is True
+
+        # The command line sets a terminal's layer through the API; T1 takes the new version.
+        layer = s.data / "t1-layer.json"
+        layer.write_text(json.dumps({"paper": {"low_pct": 35}}))
+        cli = {**s.env, "FLEET_URL": s.url, "FLEET_TOKEN": admin}
+        out_cli = subprocess.run(
+            [str(BIN / "fleet"), "config", "set", "terminal/T1", str(layer)],
+            env=cli, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert out_cli.returncode == 0, out_cli.stderr
+        assert re.match(r"T1\tnew\tversion (\d+)", out_cli.stdout), out_cli.stdout
+        shown = subprocess.run(
+            [str(BIN / "fleet"), "config", "get", "terminal/T1/desired"],
+            env=cli, capture_output=True, text=True, timeout=30, check=True,
+        ).stdout  # fmt: skip
+        doc = json.loads(shown)["document"]
+        assert doc["config"]["paper"]["low_pct"] == 35
+        wait_until(
+            lambda: state(s, "T1")["applied_version"] == doc["version"],
+            10,
+            "T1 on the CLI's change",
+        )
+
+        # A remote command goes to the agent and its result comes back to the API.
+        r = httpx.post(
+            s.url + "/api/v1/terminals/T1/commands",
+            json={"name": "refresh_status", "args": {}, "ttl_s": 60},
+            headers={"Authorization": f"Bearer {s.token}"},
+            timeout=10,
+            trust_env=False,
+        )
+        assert r.status_code == 201, r.text
+        cmd_id = r.json()["id"]
+        done = wait_until(
+            lambda: next(
+                (c for c in s.get("/api/v1/terminals/T1/commands")["items"] if c["id"] == cmd_id
+                 and c["status"] == "ok"),
+                None,
+            ),
+            10,
+            "the command's result",
+        )  # fmt: skip
+        assert done["result_at"] is not None
     finally:
         for a in agents:
             a.terminate()
