@@ -36,6 +36,7 @@ def provision_with_key(s: Server, terminal: str) -> Path:
         r"^data_dir = .*$", f'data_dir = "{s.data / terminal}"', path.read_text(), flags=re.M
     )
     text = re.sub(r"^status_interval_s = .*$", "status_interval_s = 60", text, flags=re.M)
+    text = text.replace("\n[broker]", f'\n[server]\nurl = "{s.url}"\n\n[broker]', 1)
     path.write_text(text)
     return path
 
@@ -178,6 +179,25 @@ def test_a_change_reaches_online_and_later_terminals_and_drift_clears(server: Se
             "the command's result",
         )  # fmt: skip
         assert done["result_at"] is not None
+
+        # A form template too large to travel inline: the agent fetches it from the server and
+        # checks it against the signed hash before switching.
+        fields = [
+            {"name": f"field_{i}", "label": f"经营场所第{i}项", "widget": "text"}
+            for i in range(400)
+        ]
+        form = {"schema": {"type": "object", "properties": {}}, "layout": fields}
+        put(s, admin, "/api/v1/templates/gtgsh-setup", form)
+        out = put(s, admin, "/api/v1/templates/gtgsh-setup/assignments", {"terminals": ["T1"]})
+        (t1_new,) = [r for r in out["results"] if r["terminal"] == "T1" and r["result"] == "new"]
+        latest = s.get("/api/v1/config/terminals/T1/desired")["document"]
+        (entry,) = latest["templates"]
+        assert "url" in entry and "content" not in entry and entry["size"] > 16 * 1024
+        wait_until(
+            lambda: state(s, "T1")["applied_hash"] == t1_new["hash"], 15, "T1 to fetch and apply"
+        )
+        stored = s.data / "T1" / "desired" / "templates" / f"{entry['sha256']}.json"
+        assert json.loads(stored.read_bytes()) == form
     finally:
         for a in agents:
             a.terminate()
