@@ -16,6 +16,7 @@ from fleet import (
     demo,
     demo_fleet,
     keys_cli,
+    licences_cli,
     serve_cli,
     sign_cli,
     terminals_cli,
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_fleet.add_parser(sub)
     tokens_cli.add_parser(sub)
     config_cli.add_parser(sub)
+    licences_cli.add_parser(sub)
     return parser
 
 

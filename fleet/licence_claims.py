@@ -119,6 +119,11 @@ def _serial(value: object) -> bytes:
     return serial
 
 
+def lic_from_json(value: object) -> dict[int, Any]:
+    """The `lic` map with integer keys, from field numbers or names; refuses what is neither."""
+    return _lic(value)
+
+
 def _lic(value: object) -> dict[int, Any]:
     if not isinstance(value, dict):
         raise ClaimsInputError(

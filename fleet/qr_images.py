@@ -31,9 +31,14 @@ def _libs() -> tuple[Any, Any]:
     except ImportError as e:
         raise ImageSupportMissing(
             f"reading QR codes from images needs zxing-cpp and Pillow ({e.name} is missing): "
-            "pip install 'kiosk-fleet[server]'"
+            "pip install 'kiosk-fleet[auditor]'"
         ) from None
     return zxingcpp, Image
+
+
+def ensure_available() -> None:
+    """Raise ImageSupportMissing now rather than at the first image."""
+    _libs()
 
 
 def decode_qr_texts(data: bytes) -> list[str]:
@@ -52,11 +57,15 @@ def decode_qr_texts(data: bytes) -> list[str]:
             gray = img.convert("L")  # also drops alpha: transparent PNGs decode as on white
     except ImageUnreadable:
         raise
+    except Image.UnidentifiedImageError:
+        raise ImageUnreadable("not an image (PNG, JPEG, ...) that can be read") from None
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ImageUnreadable(f"not a readable image ({e})") from None
     fmt = zxingcpp.BarcodeFormat.QRCode
     found = zxingcpp.read_barcodes(gray, formats=fmt)
     if not found:
         # A blurred photo sometimes binarises better on the global histogram.
-        found = zxingcpp.read_barcodes(gray, formats=fmt, binarizer=zxingcpp.Binarizer.GlobalHistogram)
+        found = zxingcpp.read_barcodes(
+            gray, formats=fmt, binarizer=zxingcpp.Binarizer.GlobalHistogram
+        )
     return [str(b.text) for b in found if b.valid]

@@ -15,7 +15,10 @@ APT_PACKAGES=(build-essential pkg-config
   cups-ipp-utils dbus-daemon           # ippeveprinter, a real IPP Everywhere printer (needs a D-Bus)
   pcscd vsmartcard-vpcd vsmartcard-vpicc   # PC/SC daemon, virtual reader and card emulator
   swig libpcsclite-dev                 # to build pyscard
-  postgresql)                          # the server's tests run on SQLite and on a real PostgreSQL
+  postgresql                           # the server's tests run on SQLite and on a real PostgreSQL
+  chromium fonts-noto-cjk              # headless browser for tests/web (Playwright drives it), CJK fonts
+  fonts-wqy-microhei                   # the printable licence's Chinese TrueType font (fpdf2 embeds it)
+  poppler-utils)                       # pdftoppm: the tests rasterise the licence PDF to scan its QR
 # Debian's own python3 needs python3-venv for `python3 -m venv` (a pyenv Python has it built in).
 python3 -c 'import ensurepip, venv' 2>/dev/null || APT_PACKAGES+=(python3-venv)
 missing=()

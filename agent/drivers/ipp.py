@@ -308,6 +308,25 @@ class IppPrinter:
         a printer out of paper would wait in its queue and print hours later, unasked) or
         takes none of our formats. A job still not done after `job_timeout_s` is cancelled.
         """
+        offered = self._ready_formats()
+        mime = testpage.choose_format(offered)
+        if mime is None:
+            raise _fail(f"printer takes none of {', '.join(testpage.FORMATS)} ({offered})")
+        return self._print_and_wait(
+            testpage.render(page, mime), mime, f"test page {page.command_id}"
+        )
+
+    def print_licence(self, pdf: bytes, serial: str) -> str:
+        """Print a licence (the server's A4 PDF) as print_test_page prints a test page."""
+        offered = self._ready_formats()
+        if "application/pdf" not in offered:
+            raise _fail(f"printer does not take application/pdf ({offered})")
+        return self._print_and_wait(pdf, "application/pdf", f"licence {serial}")
+
+    def _ready_formats(self) -> list[str]:
+        """The document formats the printer takes; refused when it is stopped, offline or not
+        accepting jobs (a job sent to a printer out of paper would wait in its queue and print
+        hours later, unasked)."""
         requested = w.attr("requested-attributes", w.KEYWORD, *TEST_PAGE_ATTRIBUTES)
         attrs = self._call(w.GET_PRINTER_ATTRIBUTES, [requested]).group(w.PRINTER_ATTRIBUTES)
         status = status_from_attributes(attrs)
@@ -316,13 +335,11 @@ class IppPrinter:
             raise _fail(f"printer is {status.state} ({said})")
         if _first(attrs, "printer-is-accepting-jobs") is False:
             raise _fail("printer is not accepting jobs")
-        offered = [v for v in attrs.get("document-format-supported", ()) if isinstance(v, str)]
-        mime = testpage.choose_format(offered)
-        if mime is None:
-            raise _fail(f"printer takes none of {', '.join(testpage.FORMATS)} ({offered})")
-        job_id = self.print_document(
-            testpage.render(page, mime), mime, job_name=f"test page {page.command_id}"
-        )
+        return [v for v in attrs.get("document-format-supported", ()) if isinstance(v, str)]
+
+    def _print_and_wait(self, data: bytes, mime: str, job_name: str) -> str:
+        """Print-Job, then Get-Job-Attributes until it is done; cancelled after job_timeout_s."""
+        job_id = self.print_document(data, mime, job_name=job_name)
         deadline = time.monotonic() + self.job_timeout_s
         while True:
             state, job_reasons = self.job_status(job_id)

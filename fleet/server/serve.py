@@ -38,6 +38,7 @@ from fleet.server.forecast_job import run_forecast_job
 from fleet.server.ingest.pipeline import Pipeline
 from fleet.server.ingest.receiver import Receiver, ReceiverConfig
 from fleet.server.ingest.retention import run_retention
+from fleet.server.licences.keys import load_issuer
 from fleet.server.mqtt_publish import Publisher, PublisherConfig
 from fleet.server.settings import Settings
 
@@ -208,6 +209,7 @@ def serve(settings: Settings, *, log_level: str = "info") -> int:
     """Run until SIGTERM/SIGINT; returns the exit status."""
     models = load_hardware_models(settings)  # before anything starts: a bad file stops us here
     key = load_config_key(settings)  # likewise a missing config key (outside dev mode)
+    issuer = load_issuer(settings)  # and the issuing key that signs licences
     broker: EmbeddedBroker | None = None
     if settings.broker_url is None:
         broker = EmbeddedBroker(
@@ -221,6 +223,7 @@ def serve(settings: Settings, *, log_level: str = "info") -> int:
     try:
         app = create_app(
             settings,
+            context=AppContext(settings, issuer=issuer),
             hooks=[
                 ingest_hook(settings, address, models),
                 desired_hook(settings, address, key, models),

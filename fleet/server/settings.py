@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     # Earlier issuing keys (PEM files, public or private) still on the trust list, so licences
     # printed before a key rotation keep verifying.
     issuer_previous_keys: list[Path] = Field(default_factory=list)
+    # The Chinese TrueType font of the printable licence; empty: the first of the Debian fonts
+    # listed in fleet/server/licences/pdf.py that is installed (fonts-wqy-microhei).
+    licence_font_file: Path | None = None
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)

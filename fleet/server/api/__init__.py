@@ -32,10 +32,12 @@ from fleet.server.api.routes import (
     config,
     events,
     health,
+    licences,
     metrics,
     refill,
     templates,
     terminals,
+    verify,
 )
 from fleet.server.api.schemas import ErrorBody
 from fleet.server.db import close_db, init_db
@@ -81,7 +83,8 @@ def create_app(
             403: {"model": ErrorBody, "description": "the token's role may not do this"},
         },
     )
-    for module in (terminals, alerts, refill, events, config, templates, commands):
+    routes = (terminals, alerts, refill, events, config, templates, commands, licences, verify)
+    for module in routes:
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)

@@ -15,6 +15,8 @@ from fleet.server.alerts import AlertEngine
 from fleet.server.desired.service import DesiredService
 from fleet.server.events_bus import EventBus
 from fleet.server.forecast import ServiceHours
+from fleet.server.licences.keys import Issuer
+from fleet.server.licences.service import TrustStoreCache
 from fleet.server.metrics import FleetMetrics
 from fleet.server.settings import Settings
 
@@ -35,6 +37,9 @@ class AppContext:
     #: Set by the desired-state hook (serve.py): documents, templates, commands. None: the
     #: routes that change configuration or send commands answer 503.
     desired: DesiredService | None = None
+    #: The issuing key and authority; loaded from the settings on first use (licences.keys).
+    issuer: Issuer | None = None
+    trust_cache: TrustStoreCache = field(default_factory=TrustStoreCache)
     #: Injected so tests can pin "today" for the refill round.
     clock: Callable[[], datetime] = utc_now
     #: Seconds between SSE heartbeat comments (proxies close idle streams after ~60 s).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from typing import Any
 
 from tortoise import fields
 from tortoise.models import Model
@@ -370,7 +371,7 @@ class Licence(Model):
 
     id = fields.BigIntField(primary_key=True)
     serial = fields.CharField(max_length=32, unique=True)
-    claims = fields.JSONField[dict[str, object]]()
+    claims = fields.JSONField[dict[str, Any]]()
     text = fields.TextField()
     terminal: fields.ForeignKeyNullableRelation[Terminal] = fields.ForeignKeyField(
         "fleet.Terminal", related_name="licences", on_delete=fields.SET_NULL, null=True

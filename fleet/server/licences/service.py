@@ -122,8 +122,10 @@ async def revoke(serial: str, reason: str, by: str, now: datetime) -> Licence | 
 
 
 async def revoked_serials() -> list[bytes]:
-    rows = await Licence.filter(revoked_at__isnull=False).order_by("serial").values_list(
-        "serial", flat=True
+    rows = (
+        await Licence.filter(revoked_at__isnull=False)
+        .order_by("serial")
+        .values_list("serial", flat=True)
     )
     return [bytes.fromhex(str(s)) for s in rows]
 

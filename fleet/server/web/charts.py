@@ -8,7 +8,7 @@ from datetime import datetime, tzinfo
 from markupsafe import Markup, escape
 
 WIDTH, HEIGHT = 720, 220
-_LEFT, _RIGHT, _TOP, _BOTTOM = 44, 12, 12, 28
+_LEFT, _RIGHT, _TOP, _BOTTOM = 44, 24, 12, 28
 
 
 def paper_chart(
@@ -36,21 +36,21 @@ def paper_chart(
         f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" '
         f'role="img" aria-label="{escape(title)}"><title>{escape(title)}</title>'
     ]
-    for pct in (0, 25, 50, 75, 100):
-        yy = y(pct)
+    for mark in (0, 25, 50, 75, 100):
+        yy = y(mark)
         parts.append(
             f'<line class="grid" x1="{_LEFT}" x2="{WIDTH - _RIGHT}" y1="{yy:.1f}" y2="{yy:.1f}"/>'
-            f'<text class="axis" x="{_LEFT - 6}" y="{yy + 4:.1f}" text-anchor="end">{pct}%</text>'
+            f'<text class="axis" x="{_LEFT - 6}" y="{yy + 4:.1f}" text-anchor="end">{mark}%</text>'
         )
     yl = y(low_pct)
     parts.append(
         f'<line class="low" x1="{_LEFT}" x2="{WIDTH - _RIGHT}" y1="{yl:.1f}" y2="{yl:.1f}"/>'
     )
     for i in range(5):
-        t = start + (end - start) * (i / 4)
+        tick = start + (end - start) * (i / 4)
         parts.append(
-            f'<text class="axis" x="{x(t):.1f}" y="{HEIGHT - 8}" text-anchor="middle">'
-            f"{escape(t.astimezone(zone).strftime('%H:%M'))}</text>"
+            f'<text class="axis" x="{x(tick):.1f}" y="{HEIGHT - 8}" text-anchor="middle">'
+            f"{escape(tick.astimezone(zone).strftime('%H:%M'))}</text>"
         )
     # A step line: the level holds until the next report; None breaks the line.
     runs: list[list[str]] = []

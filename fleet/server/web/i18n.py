@@ -152,7 +152,7 @@ _ZH: Final[dict[str, str]] = {
     "verdict_not_yet_valid": "尚未生效",
     "session_scans": "本次扫码记录",
     "scan_count": "次",
-    "clear": "清空",
+    "clear_scans": "清空",
     "upload_title": "上传扫描图片核验",
     "upload_submit": "核验图片",
     "upload_none": "图片中未找到二维码。",
@@ -303,7 +303,7 @@ _EN: Final[dict[str, str]] = {
     "verdict_not_yet_valid": "NOT YET VALID",
     "session_scans": "Scans this session",
     "scan_count": "scans",
-    "clear": "Clear",
+    "clear_scans": "Clear",
     "upload_title": "Verify scanned images",
     "upload_submit": "Verify images",
     "upload_none": "No QR code found in the images.",
@@ -335,7 +335,7 @@ CATALOGUES: Final[Mapping[str, Mapping[str, str]]] = {"zh-CN": _ZH, "en": _EN}
 def pick_lang(query: str | None, cookie: str | None) -> str:
     """The language asked for in the query, else the remembered one, else zh-CN."""
     for candidate in (query, cookie):
-        if candidate in CATALOGUES:
+        if candidate is not None and candidate in CATALOGUES:
             return candidate
     return DEFAULT_LANG
 

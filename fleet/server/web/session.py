@@ -52,7 +52,9 @@ class Session:
 
 
 def _key(secret: str, purpose: str) -> bytes:
-    return hmac.new(secret.encode(), b"fleet-dashboard/" + purpose.encode(), hashlib.sha256).digest()
+    return hmac.new(
+        secret.encode(), b"fleet-dashboard/" + purpose.encode(), hashlib.sha256
+    ).digest()
 
 
 def _b64(data: bytes) -> str:
@@ -95,7 +97,11 @@ def unsign(secret: str, value: str | None, now: float | None = None) -> Session 
     try:
         data = json.loads(payload)
         session = Session(
-            int(data["tid"]), str(data["name"]), Role(data["role"]), int(data["exp"]), str(data["n"])
+            int(data["tid"]),
+            str(data["name"]),
+            Role(data["role"]),
+            int(data["exp"]),
+            str(data["n"]),
         )
     except (ValueError, KeyError, TypeError):
         return None

@@ -308,7 +308,7 @@
         for (const f of document.getElementById("images").files) form.append("files", f);
         try {
           const res = await api("POST", "/api/v1/verify/images", form);
-          const results = (res.results || []).flatMap((r) => (r.results ? r.results : [r]));
+          const results = (res.images || []).flatMap((i) => i.results || []);
           if (!results.length) { word.textContent = T.upload_none; box.className = "verdict warn"; }
           for (const r of results) show(r);
         } catch (err) {
@@ -334,7 +334,8 @@
         const v = String(f.get(k) || "").trim();
         if (v) lic[k] = v;
       }
-      const claims = { iss: String(f.get("iss")).trim(), lic };
+      // The server sets iss (its issuing authority) and iat.
+      const claims = { lic };
       const exp = String(f.get("exp") || "");
       if (exp) claims.exp = Math.floor(new Date(exp + "T23:59:59+08:00").getTime() / 1000);
       const title = document.getElementById("issued-title");

@@ -1,0 +1,156 @@
+"""`fleet verify --images DIR`: QR codes found in images (clean, photo-like, several, none,
+broken) are verified like scanned texts, and reported on stdout, as CSV and as HTML."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageFilter
+
+import rust_core
+from fleet.demo import FORGED_NAME, NAME, forge_name, sample_claims
+
+ISSUER = "CN-510107"
+NOW = 1_767_225_600
+
+
+def _png(text: str, module_px: int = 4) -> Image.Image:
+    return Image.open(io.BytesIO(rust_core.qr_png(text, module_px))).convert("L")
+
+
+def photo_like(img: Image.Image) -> Image.Image:
+    """A hand-held photo: scaled up unevenly, rotated, on grey paper, blurred, JPEG'd."""
+    big = img.resize((int(img.width * 2.7), int(img.height * 2.7)), Image.Resampling.BILINEAR)
+    paper = Image.new("L", (big.width + 300, big.height + 260), 205)
+    paper.paste(big, (170, 110))
+    rotated = paper.rotate(13, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=190)
+    return rotated.filter(ImageFilter.GaussianBlur(1.6)).convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    root = tmp_path_factory.mktemp("scans")
+    key = rust_core.SigningKey.generate()
+    genuine = key.sign_licence(sample_claims(NOW, bytes(range(16))))
+    revoked = key.sign_licence(sample_claims(NOW, b"\xee" * 16))
+    tampered = forge_name(genuine, NAME, FORGED_NAME)
+    (root / "trust.json").write_text(rust_core.trust_list_json([key], ISSUER))
+    (root / "revoked.json").write_text(rust_core.revocation_list_json([b"\xee" * 16]))
+    images = root / "images"
+    (images / "sub").mkdir(parents=True)
+    _png(genuine).save(images / "01-genuine.png")
+    _png(tampered).save(images / "02-tampered.png")
+    _png(revoked).save(images / "03-revoked.jpg", quality=92)
+    photo_like(_png(genuine, 3)).save(images / "sub" / "04-photo.jpeg", quality=80)
+    Image.new("RGB", (300, 200), (240, 240, 240)).save(images / "05-blank.png")
+    (images / "06-broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    two = Image.new("L", (700, 340), 255)
+    two.paste(_png(genuine, 2), (10, 10))
+    two.paste(_png(tampered, 2), (360, 10))
+    two.save(images / "07-two.png")
+    (images / "notes.txt").write_text("ignored")
+    return {"root": root, "genuine": genuine, "tampered": tampered}
+
+
+def fleet(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fleet", *args],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=120,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )
+
+
+def test_photo_like_variant_still_decodes(case: dict[str, object]) -> None:
+    from fleet.qr_images import decode_qr_texts
+
+    root = case["root"]
+    assert isinstance(root, Path)
+    data = (root / "images" / "sub" / "04-photo.jpeg").read_bytes()
+    assert decode_qr_texts(data) == [case["genuine"]]
+
+
+def test_images_verified_reported_and_exit_1(case: dict[str, object]) -> None:
+    root = case["root"]
+    assert isinstance(root, Path)
+    csv_path, html_path = root / "report.csv", root / "report.html"
+    out = fleet(
+        "verify", "--trust", str(root / "trust.json"), "--revoked", str(root / "revoked.json"),
+        "--at", str(NOW + 60), "--images", str(root / "images"),
+        "--csv", str(csv_path), "--html", str(html_path),
+    )  # fmt: skip
+    assert out.returncode == 1, out.stderr
+    lines = [line.split("\t") for line in out.stdout.splitlines()]
+    got = [(cols[0], cols[1]) for cols in lines]
+    assert got == [
+        ("01-genuine.png", "valid"),
+        ("02-tampered.png", "bad_signature"),
+        ("03-revoked.jpg", "revoked"),
+        ("05-blank.png", "no_code"),
+        ("06-broken.png", "unreadable"),
+        ("07-two.png", "valid"),
+        ("07-two.png", "bad_signature"),
+        ("sub/04-photo.jpeg", "valid"),
+    ]
+    genuine_line = lines[0]
+    assert genuine_line[2] == bytes(range(16)).hex() and genuine_line[3] == NAME
+    assert lines[1][2:4] == ["-", "-"]  # a forgery's contents are not shown
+
+    text = csv_path.read_text(encoding="utf-8-sig")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == 8
+    assert list(rows[0]) == ["file", "code", "text_excerpt", "verdict", "serial", "name", "detail"]
+    first = rows[0]
+    assert first["verdict"] == "valid" and first["name"] == NAME and first["code"] == "1"
+    assert first["text_excerpt"].startswith("LIC1:") and first["text_excerpt"].endswith("…")
+    assert {r["verdict"] for r in rows if r["file"] == "05-blank.png"} == {"no_code"}
+
+    page = html_path.read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and "<script" not in page
+    assert NAME in page and "forged or tampered" in page and "sub/04-photo.jpeg" in page
+
+
+def test_all_genuine_exits_0_and_json_lines(case: dict[str, object], tmp_path: Path) -> None:
+    root = case["root"]
+    assert isinstance(root, Path)
+    _png(str(case["genuine"])).save(tmp_path / "a.png")
+    out = fleet(
+        "verify", "--trust", str(root / "trust.json"), "--at", str(NOW + 60), "--json",
+        "--images", str(tmp_path),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    [doc] = [json.loads(line) for line in out.stdout.splitlines()]
+    assert doc["file"] == "a.png" and doc["verdict"] == "valid"
+    assert doc["claims"]["lic"]["2"] == NAME
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--images", "/nonexistent-dir"], "no such folder"),
+        (["--csv", "x.csv"], "--csv and --html are reports of --images"),
+        (["--images", ".", "somefile"], "not both"),
+    ],
+)
+def test_usage_errors_exit_2(case: dict[str, object], extra: list[str], words: str) -> None:
+    root = case["root"]
+    assert isinstance(root, Path)
+    out = fleet("verify", "--trust", str(root / "trust.json"), *extra)
+    assert out.returncode == 2 and words in out.stderr
+
+
+def test_csv_cells_cannot_become_formulas() -> None:
+    from fleet.verify_images import Row, csv_report
+
+    row = Row("=cmd.png", 1, '=HYPERLINK("x")', "malformed", "", "", "-bad")
+    body = csv_report([row]).splitlines()[1]
+    assert body.startswith("'=cmd.png,1,") and "'-bad" in body
