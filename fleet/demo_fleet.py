@@ -184,6 +184,7 @@ def _announce(url: str, token: str, terminals: int, data: Path) -> None:
         f"""
 The fleet is live: {terminals} simulated terminals report to the server.
 
+  Dashboard  {url}/                 (log in with the token below)
   API        {url}/docs             (Authorize with the token below)
   Fleet      curl -H 'Authorization: Bearer {token}' {url}/api/v1/terminals
   Alerts     curl -H 'Authorization: Bearer {token}' {url}/api/v1/alerts
