@@ -41,6 +41,7 @@ from fleet.server.ingest.retention import run_retention
 from fleet.server.licences.keys import load_issuer
 from fleet.server.mqtt_publish import Publisher, PublisherConfig
 from fleet.server.settings import Settings
+from fleet.server.updates.freshness import run_refresh
 
 log = logging.getLogger("fleet.serve")
 
@@ -227,6 +228,7 @@ def serve(settings: Settings, *, log_level: str = "info") -> int:
             hooks=[
                 ingest_hook(settings, address, models),
                 desired_hook(settings, address, key, models),
+                run_refresh,  # re-signs the TUF timestamp of agent releases
             ],
         )
         config = uvicorn.Config(

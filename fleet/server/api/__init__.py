@@ -37,6 +37,7 @@ from fleet.server.api.routes import (
     refill,
     templates,
     terminals,
+    updates,
     verify,
 )
 from fleet.server.api.schemas import ErrorBody
@@ -83,7 +84,18 @@ def create_app(
             403: {"model": ErrorBody, "description": "the token's role may not do this"},
         },
     )
-    routes = (terminals, alerts, refill, events, config, templates, commands, licences, verify)
+    routes = (
+        terminals,
+        alerts,
+        refill,
+        events,
+        config,
+        templates,
+        commands,
+        licences,
+        verify,
+        updates,
+    )
     for module in routes:
         v1.include_router(module.router)
     app.include_router(v1)

@@ -1,0 +1,1 @@
+"""Self-update: verified downloads (TUF), A/B install, health check and rollback."""

@@ -1,0 +1,1 @@
+"""Agent releases for terminals: the fleet's TUF repository (signed metadata and bundles)."""
