@@ -99,6 +99,7 @@ class MqttLink:
         on_desired: Callable[[bytes], None] | None = None,
         on_cmd: Callable[[bytes], None] | None = None,
         on_ready: Callable[[], None] | None = None,
+        on_status_acked: Callable[[], None] | None = None,
     ) -> None:
         self.terminal_id = terminal_id
         self.broker = broker
@@ -110,6 +111,8 @@ class MqttLink:
         if on_cmd is not None:
             self.handlers["cmd"] = lambda topic, payload: on_cmd(payload)
         self.on_ready = on_ready
+        #: Called (on the link's thread) when the broker acknowledged a status report.
+        self.on_status_acked = on_status_acked
         self._direct_lock = threading.Lock()
         #: (kind, payload) waiting to be published; and those awaiting PUBACK, by mid.
         self._direct: deque[tuple[str, bytes]] = deque()
@@ -452,6 +455,13 @@ class MqttLink:
                 self._rewind_at = time.monotonic() + delay
         self.outbox.ack(ok)
         self.outbox.reject(refused)
+        if self.on_status_acked is not None and any(
+            row.kind == "status" and not reason.is_failure for row, reason in acks
+        ):
+            try:
+                self.on_status_acked()
+            except Exception:  # a hook must not stop the link
+                log.exception("on_status_acked failed")
 
     def _pump(self) -> None:
         c = self._client

@@ -62,6 +62,7 @@ class Reporter:
         reader: BoundedDevice[ReaderStatus] | None = None,
         paper: PaperTracker | None = None,
         wake: Callable[[], None] = lambda: None,
+        on_devices_ok: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
         desired: str | None = None,
         paper_low_pct: int | None = None,
@@ -77,6 +78,9 @@ class Reporter:
         self.reader = reader
         self.paper = paper
         self.wake = wake
+        #: Called after a poll that read every configured device without an error (the
+        #: update health check's "drivers readable").
+        self.on_devices_ok = on_devices_ok
         self.clock = clock
         #: The applied desired-state document's hash, carried by every status report.
         self.desired = desired
@@ -186,6 +190,7 @@ class Reporter:
     def poll(self, now: float) -> None:
         """Read the devices once and enqueue the events the readings mean."""
         events: list[Event] = []
+        perr = rerr = None
         if self.printer is not None:
             pstatus, perr = self._read_printer(self.printer)
             refill = None
@@ -200,6 +205,8 @@ class Reporter:
             events += self.events.reader(now, rstatus, rerr)
         for e in events:
             self.emit(e.kind, **e.data)
+        if perr is None and rerr is None:
+            self.on_devices_ok()
 
     def _low_paper(self, status: PrinterStatus) -> PrinterStatus:
         """`media-low` under the configured threshold, whatever the printer's own sensor says."""

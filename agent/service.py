@@ -40,6 +40,9 @@ from agent.mqtt_link import MqttLink
 from agent.outbox import Outbox, OutboxError
 from agent.paper import PaperTracker
 from agent.reporter import Reporter
+from agent.update.health import ROOT_ENV as UPDATE_ROOT_ENV
+from agent.update.health import HealthProbe
+from agent.update.updater import Updater
 from agent.version import agent_version
 
 log = logging.getLogger("agent")
@@ -101,6 +104,19 @@ def _run(cfg: AgentConfig) -> int:
         return EXIT_CONFIG
 
     version = agent_version()
+    # Self-update: the launcher starts a just-switched version with the probe's environment; the
+    # marks below are what its health check waits for (a no-op otherwise).
+    probe = HealthProbe.from_env()
+    updater = (
+        Updater(Path(os.environ[UPDATE_ROOT_ENV])) if os.environ.get(UPDATE_ROOT_ENV) else None
+    )
+    reporter_ref: list[Reporter] = []
+
+    def status_acked() -> None:
+        probe.mark("status_published")
+        if updater is not None and reporter_ref:
+            _report_update_outcome(updater, reporter_ref[0])
+
     applier: Applier | None = None
     commands: CommandWorker | None = None
     link = MqttLink(
@@ -110,7 +126,8 @@ def _run(cfg: AgentConfig) -> int:
         agent_version=version,
         on_desired=lambda payload: applier.submit(payload) if applier else None,
         on_cmd=lambda payload: commands.submit(payload) if commands else None,
-        on_ready=lambda: applier.request_state_report() if applier else None,
+        on_ready=lambda: _connected(probe, applier),
+        on_status_acked=status_acked,
     )
     paper = None
     if printer is not None and cfg.printer is not None:
@@ -128,7 +145,11 @@ def _run(cfg: AgentConfig) -> int:
         reader=reader,
         paper=paper,
         wake=link.wake,
+        on_devices_ok=lambda: probe.mark("drivers_ok"),
     )
+    reporter_ref.append(reporter)
+    if updater is not None:
+        _report_update_outcome(updater, reporter)
     applier = Applier(
         terminal_id=cfg.terminal_id,
         key=load_key(cfg.config_public_key),
@@ -195,6 +216,26 @@ def _run(cfg: AgentConfig) -> int:
         outbox.close()
     log.info("stopped%s", " for a restart (the service manager starts us again)" * restart.is_set())
     return EXIT_OK
+
+
+def _connected(probe: HealthProbe, applier: Applier | None) -> None:
+    probe.mark("connected")
+    if applier is not None:
+        applier.request_state_report()
+
+
+def _report_update_outcome(updater: Updater, reporter: Reporter) -> None:
+    """An update's end (succeeded, failed, rolled back) goes out once, as an `update_*` event."""
+    try:
+        outcome = updater.on_agent_start()
+        if outcome is None:
+            return
+        data = outcome.to_json()
+        data.pop("event", None)
+        if reporter.emit(outcome.event, **data) is not None:
+            updater.acknowledge()  # the outbox is durable: the server will get it
+    except Exception:  # the update state must never stop the agent from reporting
+        log.exception("reading the update state failed")
 
 
 def _dumps(msg: dict[str, Any]) -> bytes:
