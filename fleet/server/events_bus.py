@@ -14,6 +14,10 @@ Event kinds and their payloads (JSON objects):
     presence  {"terminal", "online", "reason", "at"}                 online/offline transitions
     alert     {"id", "terminal", "rule", "severity", "transition": "opened"|"cleared"|"acked",
                "at", ...}                                             alert transitions
+    rollout   {"id", "version", "state", "current_wave", "reason", "change", "at"}
+                                                                      a rollout's state or wave
+    rollout_terminal {"rollout", "terminal", "wave", "state", "reason", "at"}
+                                                                      a terminal's update state
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-EventKind = Literal["status", "presence", "alert"]
+EventKind = Literal["status", "presence", "alert", "rollout", "rollout_terminal"]
 
 #: Events a subscriber may lag behind before it is dropped. A fleet of 1,000 terminals reporting
 #: every 30 s publishes ~33 status events a second: this is several seconds of slack.

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -186,6 +187,26 @@ class FleetMetrics:
         self.desired_published = Counter(
             "fleet_desired_documents_published",
             "Desired-state documents the broker took (new versions and republished ones)",
+            registry=self.registry,
+        )
+
+        # Rollouts (fleet.server.rollouts.engine keeps these current; active rollouts only).
+        self.rollout_terminals = Gauge(
+            "fleet_rollout_terminals",
+            "Terminals of an active rollout by update state",
+            ["rollout", "state"],
+            registry=self.registry,
+        )
+        self.rollout_transitions = Counter(
+            "fleet_rollout_transitions",
+            "Rollouts entering a state (running, paused, aborted, completed, ...)",
+            ["state"],
+            registry=self.registry,
+        )
+        self.rollout_results = Counter(
+            "fleet_rollout_terminal_results",
+            "Final update results of rollout terminals (succeeded, failed, rolled_back, timed_out)",
+            ["state"],
             registry=self.registry,
         )
 

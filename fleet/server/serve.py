@@ -5,8 +5,8 @@ uvicorn, whose lifespan opens the database (migrations applied), restores the in
 connects the receiver and starts four tasks: the pipeline, the timers (presence timeouts, alert
 hold-downs), the history retention and the paper run-out forecast (`forecast_interval_s`); then
 the desired state's publisher connects (it republishes every terminal's latest document on each
-connection). The config key is loaded before anything starts: without one (outside dev mode) the
-server does not start.
+connection), and the rollouts' timers start. The config key is loaded before anything starts:
+without one (outside dev mode) the server does not start.
 
 Shutdown (SIGTERM or Ctrl-C; uvicorn turns both into a lifespan shutdown): the pipeline finishes
 and acknowledges the batch in hand, the receiver disconnects (the broker keeps our session and
@@ -40,6 +40,7 @@ from fleet.server.ingest.receiver import Receiver, ReceiverConfig
 from fleet.server.ingest.retention import run_retention
 from fleet.server.licences.keys import load_issuer
 from fleet.server.mqtt_publish import Publisher, PublisherConfig
+from fleet.server.rollouts import agent_targets
 from fleet.server.settings import Settings
 from fleet.server.updates.freshness import run_refresh
 
@@ -52,6 +53,8 @@ RETENTION_INTERVAL_S = 3600.0
 CONNECT_WAIT_S = 10.0
 #: How often terminals registered while the server runs are given their first document.
 NEW_TERMINAL_SCAN_S = 15.0
+#: How often rollouts look for timed-out terminals and an opened maintenance window.
+ROLLOUT_TICK_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,13 @@ def ingest_hook(
 
     @asynccontextmanager
     async def run_ingest(ctx: AppContext) -> AsyncIterator[None]:
-        pipeline = Pipeline(settings, bus=ctx.bus, metrics=ctx.metrics, models=models)
+        pipeline = Pipeline(
+            settings,
+            bus=ctx.bus,
+            metrics=ctx.metrics,
+            models=models,
+            update_events=ctx.rollouts.on_update_events,
+        )
         await pipeline.restore()
         receiver = Receiver(
             ReceiverConfig(
@@ -151,7 +160,12 @@ def desired_hook(
 
     @asynccontextmanager
     async def run_desired(ctx: AppContext) -> AsyncIterator[None]:
-        service = DesiredService(key, models=models, published_total=ctx.metrics.desired_published)
+        service = DesiredService(
+            key,
+            models=models,
+            published_total=ctx.metrics.desired_published,
+            agent_targets=agent_targets,
+        )
 
         async def republish() -> None:
             # Layers or firmware_configs/ may have changed while the server was down.
@@ -193,6 +207,19 @@ def desired_hook(
     return run_desired
 
 
+@asynccontextmanager
+async def run_rollouts(ctx: AppContext) -> AsyncIterator[None]:
+    """Lifespan hook: the rollout engine's timers (per-terminal timeouts, waves waiting for
+    their maintenance window), every ROLLOUT_TICK_S."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(ctx.rollouts.run_ticks(stop, ROLLOUT_TICK_S), name="rollouts")
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+
+
 def _catch_stop_signals() -> list[int]:
     """Record SIGTERM/SIGINT instead of dying on them.
 
@@ -229,6 +256,7 @@ def serve(settings: Settings, *, log_level: str = "info") -> int:
                 ingest_hook(settings, address, models),
                 desired_hook(settings, address, key, models),
                 run_refresh,  # re-signs the TUF timestamp of agent releases
+                run_rollouts,  # after desired_hook: waves publish documents
             ],
         )
         config = uvicorn.Config(

@@ -35,6 +35,7 @@ from fleet.server.api.routes import (
     licences,
     metrics,
     refill,
+    rollouts,
     templates,
     terminals,
     updates,
@@ -95,6 +96,7 @@ def create_app(
         licences,
         verify,
         updates,
+        rollouts,
     )
     for module in routes:
         v1.include_router(module.router)

@@ -18,6 +18,7 @@ from fleet.server.forecast import ServiceHours
 from fleet.server.licences.keys import Issuer
 from fleet.server.licences.service import TrustStoreCache
 from fleet.server.metrics import FleetMetrics
+from fleet.server.rollouts.engine import RolloutEngine
 from fleet.server.settings import Settings
 
 
@@ -30,6 +31,8 @@ class AppContext:
     settings: Settings
     bus: EventBus = field(default_factory=EventBus)
     metrics: FleetMetrics = field(init=False)
+    #: Staged agent rollouts; uses `desired`, `bus`, `metrics`, `clock` and the service hours.
+    rollouts: RolloutEngine = field(init=False)
     #: Set by the ingest hook: is it connected to the broker? None: no ingest in this process.
     ingest_ready: Callable[[], bool] | None = None
     #: Set by the ingest hook, so an acknowledgement also reaches the in-memory alert state.
@@ -47,6 +50,13 @@ class AppContext:
 
     def __post_init__(self) -> None:
         self.metrics = FleetMetrics(self.bus)
+        self.rollouts = RolloutEngine(
+            desired=lambda: self.desired,
+            bus=self.bus,
+            metrics=self.metrics,
+            clock=lambda: self.clock(),
+            hours=self.service_hours,
+        )
 
     @property
     def service_hours(self) -> ServiceHours:

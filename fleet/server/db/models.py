@@ -386,3 +386,104 @@ class Licence(Model):
     class Meta:
         table = "licence"
         indexes = (("issued_at",), ("revoked_at",))
+
+
+# --- rollouts (issue 6) ------------------------------------------------------------------------
+
+
+class RolloutState(StrEnum):
+    PENDING = "pending"  # created, no wave started yet (e.g. waiting for the maintenance window)
+    RUNNING = "running"
+    PAUSED = "paused"
+    ABORTED = "aborted"
+    COMPLETED = "completed"
+
+
+#: A terminal may be in at most one rollout in these states.
+ACTIVE_ROLLOUT_STATES = (RolloutState.PENDING, RolloutState.RUNNING, RolloutState.PAUSED)
+
+
+class FailureAction(StrEnum):
+    PAUSE = "pause"
+    ABORT = "abort"
+
+
+class UpdateState(StrEnum):
+    """A terminal's progress in a rollout."""
+
+    PENDING = "pending"
+    DOWNLOADING = "downloading"
+    INSTALLING = "installing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+    TIMED_OUT = "timed_out"
+
+
+class Rollout(Model):
+    """A staged rollout of one agent version to a set of terminals, wave by wave.
+
+    `target` is the selection as asked ({sites, models, tags, terminals}), `waves` the wave spec
+    as asked (cumulative counts or "N%"), `window` the maintenance window {start, end, tz} in
+    which new waves may start (null: outside the settings' service hours). `current_wave` is the
+    index of the last started wave, -1 before the first. Resuming a paused rollout accepts what
+    went wrong so far: `failure_baseline` is the failure count then (the limits count only later
+    failures) and `accepted_wave` the wave whose result no longer has to reach the threshold.
+    """
+
+    id = fields.IntField(primary_key=True)
+    version = fields.CharField(max_length=64)
+    target = fields.JSONField[dict[str, list[str]]]()
+    waves = fields.JSONField[list[int | str]]()
+    success_threshold = fields.FloatField(default=1.0)
+    max_failures = fields.IntField(null=True)
+    max_failure_pct = fields.FloatField(null=True)
+    failure_action = fields.CharEnumField(FailureAction, max_length=8, default=FailureAction.PAUSE)
+    per_terminal_timeout_s = fields.IntField(default=3600)
+    window = fields.JSONField[dict[str, str]](null=True)
+    override_window = fields.BooleanField(default=False)
+    state = fields.CharEnumField(RolloutState, max_length=16, default=RolloutState.PENDING)
+    current_wave = fields.IntField(default=-1)
+    failure_baseline = fields.IntField(default=0)
+    accepted_wave = fields.IntField(default=-1)
+    created_by = fields.CharField(max_length=100, default="")
+    created_at = fields.DatetimeField()
+    updated_at = fields.DatetimeField()
+    started_at = fields.DatetimeField(null=True)
+    finished_at = fields.DatetimeField(null=True)
+    reason = fields.TextField(default="")
+
+    terminals: fields.ReverseRelation[RolloutTerminal]
+
+    class Meta:
+        table = "rollout"
+        indexes = (("state",),)
+
+
+class RolloutTerminal(Model):
+    """One terminal of a rollout: its wave, its update state and why.
+
+    `started_at` is set when its wave starts (from then on its desired-state document carries the
+    rollout's version). `position` is its place in the plan's deterministic order.
+    """
+
+    id = fields.BigIntField(primary_key=True)
+    rollout: fields.ForeignKeyRelation[Rollout] = fields.ForeignKeyField(
+        "fleet.Rollout", related_name="terminals", on_delete=fields.CASCADE
+    )
+    rollout_id: int
+    terminal: fields.ForeignKeyRelation[Terminal] = fields.ForeignKeyField(
+        "fleet.Terminal", related_name="rollouts", on_delete=fields.CASCADE
+    )
+    terminal_id: str
+    wave = fields.SmallIntField()
+    position = fields.IntField()
+    state = fields.CharEnumField(UpdateState, max_length=16, default=UpdateState.PENDING)
+    reason = fields.TextField(default="")
+    started_at = fields.DatetimeField(null=True)
+    updated_at = fields.DatetimeField()
+
+    class Meta:
+        table = "rollout_terminal"
+        unique_together = (("rollout", "terminal"),)
+        indexes = (("terminal_id", "state"),)

@@ -3,7 +3,8 @@
 A terminal's document is computed from: the layers (defaults <- the default layer in the
 database <- its hardware model's `[desired]` from firmware_configs/ <- the model layer <- its
 site's layer <- its own layer), the templates assigned to its site or to itself (a terminal's own
-assignment of a template wins over its site's), and the target agent version (none yet).
+assignment of a template wins over its site's), and the target agent version (`agent_targets`,
+the rollouts' answer: fleet.server.rollouts.targets; none without it).
 
 A document gets a new version only when its content (all but `version` and `issued_at`) differs
 from the terminal's latest one; it is then sealed with the config key, stored as history
@@ -27,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -82,6 +83,10 @@ class HardwareModelLike(Protocol):
     def desired(self) -> dict[str, Any]: ...
 
 
+#: terminal ids (None: all) -> {terminal id: target agent version}; absent terminals get none.
+AgentTargets = Callable[[Sequence[str] | None], Awaitable[Mapping[str, str]]]
+
+
 class PublishCounter(Protocol):
     def inc(self, amount: float = 1) -> None: ...
 
@@ -117,6 +122,8 @@ class _Inputs:
     assignments: dict[tuple[str, str], dict[str, int | None]]
     latest: dict[str, int]
     contents: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    #: terminal id -> target agent version (rollouts)
+    agents: Mapping[str, str] = field(default_factory=dict)
 
 
 def utc_now() -> datetime:
@@ -168,6 +175,7 @@ class DesiredService:
         models: Mapping[str, HardwareModelLike] | None = None,
         published_total: PublishCounter | None = None,
         clock: Callable[[], datetime] = utc_now,
+        agent_targets: AgentTargets | None = None,
     ) -> None:
         if key.alg != "EdDSA":
             raise ValueError(f"the config key must be EdDSA, not {key.alg}")
@@ -176,13 +184,15 @@ class DesiredService:
         self.models: Mapping[str, HardwareModelLike] = models or {}
         self.published_total = published_total
         self.clock = clock
+        #: Where the target agent version of each terminal comes from (the rollouts).
+        self.agent_targets = agent_targets
         self._lock = asyncio.Lock()
 
     # -- reading ------------------------------------------------------------------------------
 
     async def compute(self, terminal: Terminal) -> dict[str, Any]:
         """The content the terminal's next document would have (no version, no issued_at)."""
-        inputs = await self._inputs()
+        inputs = await self._inputs([terminal.id])
         return self._content(terminal, inputs)
 
     # -- changes ------------------------------------------------------------------------------
@@ -307,7 +317,7 @@ class DesiredService:
         if terminal_ids is not None:
             query = query.filter(id__in=sorted(set(terminal_ids)))
         terminals = await query
-        inputs = await self._inputs()
+        inputs = await self._inputs([t.id for t in terminals] if terminal_ids is not None else None)
         sem = asyncio.Semaphore(BULK_CONCURRENCY)
 
         async def one(t: Terminal) -> Outcome:
@@ -374,7 +384,7 @@ class DesiredService:
 
     # -- computing ----------------------------------------------------------------------------
 
-    async def _inputs(self) -> _Inputs:
+    async def _inputs(self, terminal_ids: Sequence[str] | None = None) -> _Inputs:
         layers = {
             (str(scope), str(key)): dict(layer)
             for scope, key, layer in await ConfigLayer.all().values_list("scope", "key", "layer")
@@ -391,6 +401,8 @@ class DesiredService:
             .values_list("template_id", "top")
         }
         inputs = _Inputs(layers, assignments, latest)
+        if self.agent_targets is not None:
+            inputs.agents = await self.agent_targets(terminal_ids)
         wanted = {
             (tid, v if v is not None else latest.get(tid, 0))
             for pins in assignments.values()
@@ -429,13 +441,17 @@ class DesiredService:
             "terminal": t.id,
             "config": config,
             "templates": templates,
-            "agent": None,
+            "agent": _agent(inputs.agents.get(t.id)),
         }
         if MODEL_ID.fullmatch(t.model):
             content["model"] = t.model
         # Round-trip through JSON so the comparison with a stored document compares like types.
         result: dict[str, Any] = json.loads(canonical(content))
         return result
+
+
+def _agent(version: str | None) -> dict[str, str] | None:
+    return {"version": version} if version is not None else None
 
 
 async def affected_terminals(scope: LayerScope, key: str) -> list[str]:

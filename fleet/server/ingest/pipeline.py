@@ -29,6 +29,10 @@ messages stay unacknowledged (the broker holds the rest: backpressure, not loss)
 database refuses for its content is dead-lettered message by message with reason `store_failed`,
 so one bad row cannot stop the ingest.
 
+Agent updates. Stored `update_*` events (fleet.server.rollouts.engine.UPDATE_EVENTS) are handed
+to `update_events` (the rollout engine) after the batch is stored; a failure there is logged and
+costs the ingest nothing (the events are in the history either way).
+
 Timers (`tick`, every second from `fleet serve`): presence timeouts and hold-downs, and alert
 raise delays and hold-downs, run out without new messages.
 """
@@ -40,7 +44,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -82,6 +86,7 @@ from fleet.server.ingest.validate import (
     parse,
 )
 from fleet.server.metrics import FleetMetrics
+from fleet.server.rollouts.engine import UPDATE_EVENTS, UpdateEvent
 from fleet.server.settings import Settings
 from fleet.server.terminal_state import terminal_state
 
@@ -136,8 +141,10 @@ class Pipeline:
         sequence: SequenceTracker | None = None,
         clock: Callable[[], float] = time.time,
         models: Mapping[str, HardwareModel] | None = None,
+        update_events: Callable[[Sequence[UpdateEvent]], Awaitable[None]] | None = None,
     ) -> None:
-        """`models`: the hardware models (firmware_configs/) whose thresholds the alerts use."""
+        """`models`: the hardware models (firmware_configs/) whose thresholds the alerts use;
+        `update_events`: where agent update events go (the rollout engine)."""
         self.settings = settings
         self.bus = bus
         self.metrics = metrics
@@ -150,6 +157,7 @@ class Pipeline:
         self.thresholds = Thresholds(paper_low_pct=float(settings.paper_low_pct))
         self._model_thresholds = ThresholdsByModel(models or {}, self.thresholds)
         self.clock = clock
+        self.update_events = update_events
         self._known: dict[str, _Known] = {}
         # handle() and tick() both move the trackers and write; one at a time keeps the
         # database in the order the trackers decided.
@@ -266,6 +274,7 @@ class Pipeline:
             self.metrics.db_write.observe(time.perf_counter() - started)
         await self._store_desired_side(side)
         await self._after_store(newest, presence, write)
+        await self._feed_updates(write)
         self._count(counts)
         if self.metrics is not None:
             for lag in lags:
@@ -367,6 +376,20 @@ class Pipeline:
                 await commands.record(result, at)
             except Exception:
                 log.exception("storing the result of command %s failed", result.id)
+
+    async def _feed_updates(self, write: BatchWrite) -> None:
+        if self.update_events is None:
+            return
+        updates = [
+            UpdateEvent(e.terminal_id, e.kind, e.data)
+            for e in write.events
+            if e.kind in UPDATE_EVENTS
+        ]
+        if updates:
+            try:
+                await self.update_events(updates)
+            except Exception:
+                log.exception("the rollout engine failed on %d update events", len(updates))
 
     @staticmethod
     def _sequence_notes(tid: str, seq: int, outcome: New, write: BatchWrite) -> None:
