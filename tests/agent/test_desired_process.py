@@ -248,22 +248,27 @@ def test_power_cut_during_apply_leaves_old_or_new(
 
 
 def test_reported_again_after_the_broker_comes_back(
-    broker: Broker, tmp_path: Path, agents: list[AgentProcess]
+    persistent_broker: Broker, tmp_path: Path, agents: list[AgentProcess]
 ) -> None:
     """On every reconnect the agent says what it runs (the server may have lost it)."""
-    sub = TimedSubscriber(broker, "fleet/v1/t/T-0001/reported")
-    sub.publish(seal(doc(1), KEY))
+    broker = persistent_broker
+    pub = TimedSubscriber(broker, "fleet/v1/t/T-0001/desired")
+    pub.publish(seal(doc(1), KEY))
+    pub.close()
+    # A persistent session: what the agent says while this subscriber is still reconnecting
+    # after the broker restart is queued for it, not lost (the agent is often quicker).
+    sub = Subscriber(broker, "fleet/v1/t/T-0001/reported", persistent=True)
     cfg = agent_config(tmp_path, broker)
     agent = AgentProcess(cfg).start()
     agents.append(agent)
-    assert sub.wait_for(lambda ms: len(sub.reported()) >= 1, 15), agent.log()
-    sub.close()
+    assert sub.wait_for(lambda ms: len(sub.on("reported")) >= 1, 15), agent.log()
+    before = len(sub.on("reported"))
     broker.stop()
     time.sleep(0.5)
     broker.start()
-    sub = TimedSubscriber(broker, "fleet/v1/t/T-0001/reported")
-    assert sub.wait_for(lambda ms: len(sub.reported()) >= 1, 15), agent.log()
-    assert sub.reported()[0]["result"] == "ok" and sub.reported()[0]["version"] == 1
+    assert sub.wait_for(lambda ms: len(sub.on("reported")) > before, 20), agent.log()
+    again = sub.on("reported")[before].json()
+    assert again["result"] == "ok" and again["version"] == 1
     assert agent.terminate() == 0
     sub.close()
 
