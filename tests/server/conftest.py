@@ -18,7 +18,8 @@ from tortoise import Tortoise
 from tortoise.connection import get_connection
 
 from fleet.server.db import close_db, init_db
-from tests.services import postgres
+from tests.services import mosquitto, postgres
+from tests.services.fleet_server import Server, fleet_serve
 
 BACKENDS = [
     b.strip() for b in os.environ.get("FLEET_TEST_DATABASES", "sqlite,postgres").split(",") if b
@@ -83,3 +84,14 @@ async def db(db_backend: str, request: pytest.FixtureRequest, tmp_path: Path) ->
 async def _truncate_all() -> None:
     tables = ", ".join(f'"{m._meta.db_table}"' for m in Tortoise.apps["fleet"].values())
     await get_connection("default").execute_script(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    """A real `fleet serve` (own Mosquitto, SQLite, 2 s status interval) and an operator token."""
+    if not mosquitto.available():
+        pytest.skip("mosquitto not installed")
+    with fleet_serve("fleet-e2e-", status_interval_s=2) as running:
+        s = Server(running.proc, running.data, running.url, running.env)
+        s.token = s.fleet("tokens", "create", "--role", "operator", "--name", "e2e").split()[0]
+        yield s

@@ -18,9 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fleet.server.settings import Settings
 from tests.server.mqtt_helpers import connect
-from tests.server.test_serve_e2e import BIN, Server, server, wait_until
-
-__all__ = ["server"]  # the fixture, shared with test_serve_e2e
+from tests.services.fleet_server import BIN, Server, wait_until
 
 
 def provision_with_key(s: Server, terminal: str) -> Path:

@@ -11,13 +11,8 @@ import contextlib
 import json
 import os
 import re
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +23,7 @@ import pytest
 
 from tests.server.mqtt_helpers import Client, connect
 from tests.services import mosquitto
-from tests.services.ports import free_port
+from tests.services.fleet_server import Running, fleet_serve, wait_until
 
 CHROMIUM = Path(os.environ.get("FLEET_TEST_CHROMIUM", "/usr/bin/chromium"))
 BIN = Path(sys.executable).parent
@@ -56,11 +51,7 @@ TERMINALS = {"WH-HALL-01": "WH-HALL", "WH-HALL-02": "WH-HALL", "YL-ST-01": "YL-S
 
 
 @dataclass
-class Fleet:
-    proc: subprocess.Popen[bytes]
-    data: Path
-    url: str
-    env: dict[str, str]
+class Fleet(Running):
     tokens: dict[str, str] = field(default_factory=dict)
     clients: dict[str, Client] = field(default_factory=dict)
     seq: dict[str, int] = field(default_factory=dict)
@@ -70,13 +61,6 @@ class Fleet:
         return httpx.request(
             method, self.url + path, headers=headers, timeout=10, trust_env=False, **kw
         )
-
-    def fleet(self, *args: str) -> str:
-        out = subprocess.run(
-            [str(BIN / "fleet"), *args], env=self.env, capture_output=True, text=True, timeout=30
-        )
-        assert out.returncode == 0, out.stderr
-        return out.stdout
 
     def report(self, terminal: str, paper_pct: int, reasons: list[str] | None = None) -> None:
         """Publish one status report as the terminal's agent would."""
@@ -103,88 +87,38 @@ class Fleet:
         info.wait_for_publish(5)
 
 
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(httpx.HTTPError):
-            value = check()
-            if value:
-                return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[Fleet]:
     reason = skip_reason()
     if reason:
         pytest.skip(reason)
-    # /tmp, open to the `mosquitto` user the broker drops to (pytest's tmp_path is 0700).
-    data = Path(tempfile.mkdtemp(prefix="fleet-web-"))
-    os.chmod(data, 0o755)
-    port = free_port()
-    env = {
-        **os.environ,
-        "FLEET_DEV_MODE": "1",
-        "FLEET_DATA_DIR": str(data),
-        "FLEET_API_PORT": str(port),
-        # Long enough that no terminal times out while the module runs.
-        "FLEET_STATUS_INTERVAL_S": "120",
-    }
-    for name in ("FLEET_BROKER_URL", "FLEET_DATABASE_URL", "DATABASE_URL", "FLEET_CONFIG"):
-        env.pop(name, None)
-    log = (data / "serve.log").open("wb")
-    proc = subprocess.Popen(
-        [str(BIN / "fleet"), "serve", "--log-level", "warning"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    f = Fleet(proc, data, f"http://127.0.0.1:{port}", env)
-    try:
+    # Long enough that no terminal times out while the module runs.
+    with fleet_serve("fleet-web-", status_interval_s=120, ready_timeout_s=30) as running:
+        f = Fleet(running.proc, running.data, running.url, running.env)
         try:
+            for role in ("operator", "auditor", "admin"):
+                out = f.fleet("tokens", "create", "--role", role, "--name", f"web-{role}")
+                f.tokens[role] = out.split()[0]
+            for terminal, site in TERMINALS.items():
+                _provision(f, terminal, site)
+            for terminal in TERMINALS:
+                f.report(terminal, 80)
             wait_until(
-                lambda: httpx.get(f.url + "/healthz", trust_env=False).json()["status"] == "ok",
-                30,
-                "fleet serve to be ready",
+                lambda: (
+                    all(
+                        t["paper_pct"] == 80
+                        for t in f.api("GET", "/api/v1/terminals").json()["items"]
+                    )
+                    and len(f.api("GET", "/api/v1/terminals").json()["items"]) == len(TERMINALS)
+                ),
+                15,
+                "the terminals' first reports",
             )
-        except AssertionError:
-            print((data / "serve.log").read_text(errors="replace")[-3000:])
-            raise
-        for role in ("operator", "auditor", "admin"):
-            out = f.fleet("tokens", "create", "--role", role, "--name", f"web-{role}")
-            f.tokens[role] = out.split()[0]
-        for terminal, site in TERMINALS.items():
-            _provision(f, terminal, site)
-        for terminal in TERMINALS:
-            f.report(terminal, 80)
-        wait_until(
-            lambda: (
-                all(t["paper_pct"] == 80 for t in f.api("GET", "/api/v1/terminals").json()["items"])
-                and len(f.api("GET", "/api/v1/terminals").json()["items"]) == len(TERMINALS)
-            ),
-            15,
-            "the terminals' first reports",
-        )
-        yield f
-    finally:
-        for c in f.clients.values():
-            with contextlib.suppress(Exception):
-                c.close()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        pid_file = data / "mosquitto" / "mosquitto.pid"
-        if pid_file.exists():
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(pid_file.read_text()), signal.SIGTERM)
-        log.close()
-        shutil.rmtree(data, ignore_errors=True)
+            yield f
+        finally:
+            for c in f.clients.values():
+                with contextlib.suppress(Exception):
+                    c.close()
 
 
 def _provision(f: Fleet, terminal: str, site: str) -> None:
