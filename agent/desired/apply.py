@@ -50,6 +50,7 @@ from agent.desired.document import (
     check_template_blob,
     open_envelope,
     reported,
+    version_refusal,
 )
 from agent.desired.store import DesiredStore, StoreError
 from agent.devices import BoundedDevice
@@ -290,11 +291,9 @@ class Applier:
                 log.info("desired version %d again: already applied", opened.version)
                 self.start_problem = None
                 return reported("ok", opened.version, opened.hash, applied)
-            if opened.version <= applied.version:
-                return self._refused(
-                    f"version {opened.version} is not newer than applied {applied.version}",
-                    opened,
-                )
+            refusal = version_refusal(applied, opened)
+            if refusal is not None:
+                return self._refused(refusal, opened)
         try:
             blobs = self._templates(opened)
             previous = (

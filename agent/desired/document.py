@@ -176,6 +176,16 @@ def open_envelope(raw: bytes, key: rust_core.VerifyingKey, terminal: str) -> Ope
     return Opened(document=document, payload=payload, hash=doc_hash(payload))
 
 
+def version_refusal(applied: Opened | None, new: Opened) -> str | None:
+    """Why `new` may not replace `applied` (no rollback, no replay); None when it may, or when it
+    is the applied document itself (the retained copy delivered again)."""
+    if applied is None or new.version > applied.version:
+        return None
+    if new.version == applied.version and new.hash == applied.hash:
+        return None
+    return f"version {new.version} is not newer than applied {applied.version}"
+
+
 # -- schema ------------------------------------------------------------------------------------
 
 

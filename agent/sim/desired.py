@@ -18,18 +18,9 @@ from typing import Any
 
 import rust_core
 from agent.desired import document
-from agent.desired.document import DocumentError, Opened
+from agent.desired.document import DocumentError, Opened, version_refusal
 
 NO_KEY = "no config key"
-
-
-def version_refusal(applied: Opened | None, new: Opened) -> str | None:
-    """Why `new` may not replace `applied`; None when it may (or is the same document)."""
-    if applied is None or new.version > applied.version:
-        return None
-    if new.version == applied.version and new.hash == applied.hash:
-        return None
-    return f"version {new.version} is not newer than applied {applied.version}"
 
 
 @dataclass(frozen=True)
