@@ -19,8 +19,10 @@ failure is the reason:
 - The schema follows agent/report.py exactly; fields may be added by the agent, never renamed,
   so unknown fields are kept in `raw` and never rejected. Fields the contract marks as possibly
   unknown (a device that could not be read, a paper level the printer does not tell) may be null.
-- `reported` and `cmd/result` payloads are not yet built by the agent: only `v`, and `seq`/`ts`
-  when present, are checked, and the rest is kept raw.
+- `reported` and `cmd/result`: only `v`, and `seq`/`ts` when present, are checked here and the
+  rest is kept raw; their contracts are checked by the pipeline (`check_reported` of
+  agent/desired/document.py, `check_result` of fleet/server/desired/commands.py), which
+  dead-letters a bad one with reason `schema` like any other.
 """
 
 from __future__ import annotations
