@@ -239,7 +239,14 @@ async def test_servers_starting_together_on_one_sqlite_file_migrate_once(tmp_pat
         )
         for _ in range(3)
     ]
-    results = [await p.communicate() for p in procs]
+    try:
+        # Without the lock the racing processes were seen to hang, not fail: bound the wait.
+        results = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in procs)), 60)
+    except TimeoutError:
+        for p in procs:
+            if p.returncode is None:
+                p.kill()
+        raise AssertionError("servers migrating one SQLite file together hung") from None
     assert [p.returncode for p in procs] == [0, 0, 0], [err.decode()[-500:] for _, err in results]
     await init_db(url)
     try:
