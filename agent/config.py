@@ -17,6 +17,9 @@ Layout (see packaging/agent.example.toml):
     [outbox]          budget_bytes
     [server]          url = "https://fleet.example.org" (optional: where large form templates
                       named by a desired-state document are fetched from)
+    [update]          trusted_root = "/etc/fleet-agent/update-root.json" (the TUF root provisioned
+                      with the agent; without it the agent never updates itself), url (optional:
+                      default <server url>/api/v1/updates/), retry_delays_s = [5, 30, 120]
     [printer]         driver = "ipp" | "escpos" | "sim"; every other key goes to the driver
     [reader]          driver = "pcsc" | "sim"; every other key goes to the driver
 """
@@ -79,6 +82,16 @@ class DeviceConfig:
 
 
 @dataclass(frozen=True)
+class UpdateConfig:
+    """Self-update (agent.update.worker): where releases come from and what to trust."""
+
+    trusted_root: Path
+    url: str
+    #: Waits before each retry of a download that failed on the network (not on a refusal).
+    retry_delays_s: tuple[float, ...] = (5.0, 30.0, 120.0)
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     source: str
     terminal_id: str
@@ -95,6 +108,7 @@ class AgentConfig:
     server_url: str | None = None
     #: How long a clean shutdown may spend flushing the outbox before it says goodbye.
     shutdown_flush_s: float = 5.0
+    update: UpdateConfig | None = None
 
 
 def load(path: str | Path) -> AgentConfig:
@@ -121,6 +135,7 @@ def parse(
     terminal_id = t.string("terminal_id")
     if not TERMINAL_ID.fullmatch(terminal_id):
         t.fail("terminal_id", f"{terminal_id!r} does not match {TERMINAL_ID.pattern}")
+    server_url = _server(t.table("server", optional=True))
     cfg = AgentConfig(
         source=source,
         terminal_id=terminal_id,
@@ -132,8 +147,9 @@ def parse(
         outbox_budget_bytes=_outbox(t.table("outbox", optional=True)),
         config_public_key=t.optional_path("config_public_key", must_exist=True),
         log_level=t.choice("log_level", LOG_LEVELS, default="info"),
-        server_url=_server(t.table("server", optional=True)),
+        server_url=server_url,
         shutdown_flush_s=t.number("shutdown_flush_s", default=5.0, minimum=0.0),
+        update=_update(t.table("update", optional=True), server_url),
     )
     t.no_unknown_keys()
     return cfg
@@ -221,6 +237,27 @@ def _server(t: _Table) -> str | None:
         t.fail("url", f"{url!r}: bad port")
     t.no_unknown_keys()
     return url.rstrip("/")
+
+
+def _update(t: _Table, server_url: str | None) -> UpdateConfig | None:
+    if not t.doc and t.missing:
+        return None
+    root = t.path("trusted_root", must_exist=True)
+    if "url" in t.doc:
+        url = t.string("url")
+        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+            t.fail("url", f"{url!r}: expected http[s]://host[:port]/path")
+    elif server_url is not None:
+        url = server_url + "/api/v1/updates/"
+    else:
+        t.fail("url", "missing, and there is no [server] url to derive it from")
+    delays = t._get("retry_delays_s", [5.0, 30.0, 120.0], "a list of seconds")
+    if not isinstance(delays, list) or not all(
+        isinstance(d, int | float) and not isinstance(d, bool) and 0 <= d <= 3600 for d in delays
+    ):
+        t.fail("retry_delays_s", "expected a list of seconds, each 0 to 3600")
+    t.no_unknown_keys()
+    return UpdateConfig(trusted_root=root, url=url, retry_delays_s=tuple(float(d) for d in delays))
 
 
 def _outbox(t: _Table) -> int:

@@ -9,6 +9,11 @@ the first report; `desired` messages go from the MQTT thread to the applier's wo
 `cmd` messages go to agent.commands.CommandRunner on a worker thread of their own; results go
 out on `cmd/result`. `restart_agent` stops the agent cleanly (exit 0): systemd's
 Restart=always starts it again.
+
+Self-update (agent.update): the agent version a document names goes to the UpdateWorker, which
+downloads it through TUF, installs and switches, then stops the agent the same clean way; the
+launcher starts the new version and judges its health. An update's outcome is emitted once, as
+an `update_*` event, by whichever version runs next.
 """
 
 from __future__ import annotations
@@ -42,7 +47,9 @@ from agent.paper import PaperTracker
 from agent.reporter import Reporter
 from agent.update.health import ROOT_ENV as UPDATE_ROOT_ENV
 from agent.update.health import HealthProbe
+from agent.update.tuf_client import UpdateClient
 from agent.update.updater import Updater
+from agent.update.worker import UpdateWorker
 from agent.version import agent_version
 
 log = logging.getLogger("agent")
@@ -54,6 +61,7 @@ EXIT_CONFIG = 2
 OUTBOX_FILE = "outbox.db"
 LOCK_FILE = "agent.lock"
 DESIRED_DIR = "desired"
+UPDATE_DIR = "update"  # TUF metadata trusted so far, downloads, the last attempt
 #: Test hook: seconds to sleep after each step of a desired-state commit, so the power-cut
 #: test can kill the process inside the write sequence. Unset in production.
 STEP_DELAY_ENV = "FLEET_AGENT_TEST_DESIRED_STEP_DELAY_S"
@@ -113,9 +121,15 @@ def _run(cfg: AgentConfig) -> int:
     reporter_ref: list[Reporter] = []
 
     def status_acked() -> None:
+        was_armed = probe.armed
         probe.mark("status_published")
         if updater is not None and reporter_ref:
             _report_update_outcome(updater, reporter_ref[0])
+            if was_armed and not probe.armed:
+                # Proven: the launcher commits within its poll; say so now, not at the next report.
+                threading.Thread(
+                    target=_await_outcome, args=(updater, reporter_ref[0]), daemon=True
+                ).start()
 
     applier: Applier | None = None
     commands: CommandWorker | None = None
@@ -150,31 +164,32 @@ def _run(cfg: AgentConfig) -> int:
     reporter_ref.append(reporter)
     if updater is not None:
         _report_update_outcome(updater, reporter)
+    stop = threading.Event()
+    restart = threading.Event()
+
+    def request_restart(why: str) -> None:
+        log.info("restart: %s", why)
+        restart.set()
+        stop.set()
+        reporter.kick()
+
+    update_worker = _update_worker(cfg, updater, version, reporter, request_restart)
     applier = Applier(
         terminal_id=cfg.terminal_id,
         key=load_key(cfg.config_public_key),
         store=DesiredStore(cfg.data_dir / DESIRED_DIR, step=_step_hook()),
         base=Effective.from_agent_config(cfg),
-        target=LiveTarget(reporter, printer, reader),
+        target=LiveTarget(reporter, printer, reader, update=update_worker.want),
         publish=lambda msg: link.publish("reported", _dumps(msg)),
         server_url=cfg.server_url,
     )
     applier.load()
-    stop = threading.Event()
-    restart = threading.Event()
-
-    def request_restart() -> None:
-        log.info("restart requested by a remote command")
-        restart.set()
-        stop.set()
-        reporter.kick()
-
     commands = CommandWorker(
         CommandRunner(
             cfg.terminal_id,
             printer.driver if printer is not None else None,
             reporter.refresh,
-            request_restart,
+            lambda: request_restart("requested by a remote command"),
             state_dir=cfg.data_dir,
         ),
         publish=lambda msg: link.publish("cmd/result", _dumps(msg)),
@@ -200,10 +215,12 @@ def _run(cfg: AgentConfig) -> int:
     )
     applier.start()
     commands.start()
+    update_worker.start()
     link.start()
     try:
         reporter.run(stop)
     finally:
+        update_worker.stop()
         applier.stop()
         commands.stop()  # before the link: a result (of restart_agent, say) still goes out
         link.stop(cfg.shutdown_flush_s)
@@ -236,6 +253,57 @@ def _report_update_outcome(updater: Updater, reporter: Reporter) -> None:
             updater.acknowledge()  # the outbox is durable: the server will get it
     except Exception:  # the update state must never stop the agent from reporting
         log.exception("reading the update state failed")
+
+
+def _update_worker(
+    cfg: AgentConfig,
+    updater: Updater | None,
+    version: str,
+    reporter: Reporter,
+    request_restart: Callable[[str], None],
+) -> UpdateWorker:
+    """The self-update worker; without the launcher or [update] it only says why it cannot."""
+    client: UpdateClient | None = None
+    unavailable: str | None = None
+    if cfg.update is None:
+        unavailable = "agent.toml has no [update] section (no trusted update root)"
+    elif updater is None:
+        unavailable = "the agent was not started by the update launcher (agent.update.launcher)"
+    else:
+        try:
+            client = UpdateClient.from_root_file(
+                cfg.data_dir / UPDATE_DIR / "metadata",
+                cfg.data_dir / UPDATE_DIR / "downloads",
+                cfg.update.url,
+                cfg.update.trusted_root,
+            )
+        except OSError as e:
+            unavailable = f"cannot read the trusted update root: {e}"
+    return UpdateWorker(
+        running=version,
+        attempt_file=cfg.data_dir / UPDATE_DIR / "attempt.json",
+        emit=reporter.emit,
+        restart=lambda: request_restart("switching to the new agent version"),
+        report_outcome=(lambda: _report_update_outcome(updater, reporter)) if updater else _noop,
+        updater=updater if client is not None else None,
+        client=client,
+        unavailable=unavailable,
+        retry_delays_s=cfg.update.retry_delays_s if cfg.update else (),
+    )
+
+
+def _noop() -> None:
+    pass
+
+
+def _await_outcome(updater: Updater, reporter: Reporter, timeout_s: float = 60.0) -> None:
+    """Report the update's outcome as soon as the launcher has decided it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if updater.pending_outcome() is not None:
+            _report_update_outcome(updater, reporter)
+            return
+        time.sleep(0.2)
 
 
 def _dumps(msg: dict[str, Any]) -> bytes:

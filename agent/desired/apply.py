@@ -23,6 +23,8 @@ agent.toml's value). Every setting of CONFIG_SCHEMA takes effect live, none need
                        for drivers that have one (ipp, escpos, pcsc; the simulator has none)
     printer.media, kiosk, service_hours   kept in `effective` for the kiosk UI and print jobs;
                        no driver reads them today
+    agent.version      handed to the self-update worker (agent.update.worker), which downloads,
+                       installs and switches to it, then restarts the agent
 
 Threading: MqttLink's thread only hands payloads over (`submit`); one worker thread fetches,
 fsyncs and applies, and when several documents arrive meanwhile only the latest is handled.
@@ -80,6 +82,8 @@ class Effective:
     service_hours: dict[str, Any] | None = None
     desired_version: int | None = None
     desired_hash: str | None = None
+    #: The agent version the document names (self-update, agent.update.worker); None: stay.
+    agent_version: str | None = None
 
     @classmethod
     def from_agent_config(cls, cfg: AgentConfig) -> Effective:
@@ -115,6 +119,7 @@ class Effective:
             service_hours=c.get("service_hours", self.service_hours),
             desired_version=opened.version,
             desired_hash=opened.hash,
+            agent_version=(opened.document.get("agent") or {}).get("version"),
         )
 
 
@@ -139,8 +144,11 @@ class LiveTarget:
         reporter: Reporter,
         printer: BoundedDevice[Any] | None = None,
         reader: BoundedDevice[Any] | None = None,
+        update: Callable[[str | None, int | None], None] | None = None,
     ) -> None:
         self.reporter = reporter
+        #: Told the named agent version and the document's version (agent.update.worker.want).
+        self.update = update
         self.devices = {"printer": printer, "reader": reader}
         # What the drivers were built with, for when a document stops carrying a setting.
         self._built: dict[tuple[str, str], Any] = {}
@@ -163,6 +171,8 @@ class LiveTarget:
         printer = self.devices["printer"]
         if printer is not None and printer.name in self.CAPACITY_DRIVERS:
             self._set("printer", "capacity", effective.paper_capacity)
+        if self.update is not None:
+            self.update(effective.agent_version, effective.desired_version)
 
     def _set(self, role: str, attr: str, value: Any) -> None:
         dev = self.devices[role]

@@ -3,8 +3,8 @@
 The running agent drives the steps up to the switch, then restarts:
 
     u = Updater(root)
-    u.begin(version, sha256)           idle -> downloading   (the TUF client downloads meanwhile)
-    u.downloaded(bundle_path)          -> downloaded
+    u.begin(version[, sha256])         idle -> downloading   (the TUF client downloads meanwhile)
+    u.downloaded(bundle[, sha256])     -> downloaded         (the signed hash, if begin had none)
     u.install()                        -> installing -> installed   (agent.update.install)
     u.switch()                         -> switching -> switched      (previous, current pointers)
     ... the agent stops (exit 0); systemd starts the launcher again
@@ -135,7 +135,8 @@ class Updater:
 
     # -- the steps the running agent drives -----------------------------------------------------
 
-    def begin(self, version: str, sha256: str) -> Record:
+    def begin(self, version: str, sha256: str | None = None) -> Record:
+        """Start an update to `version`; `sha256` may come with the download (`downloaded`)."""
         check_version(version)
         running = self.layout.resolve(CURRENT)
         if running == version:
@@ -157,8 +158,14 @@ class Updater:
         checkpoint("downloading")
         return rec
 
-    def downloaded(self, bundle: Path) -> Record:
-        rec = self.store.transition(Event.DOWNLOADED, bundle=str(bundle))
+    def downloaded(self, bundle: Path, sha256: str | None = None) -> Record:
+        changes: dict[str, object] = {"bundle": str(bundle)}
+        if sha256 is not None:
+            changes["sha256"] = sha256
+        rec = self.store.transition(Event.DOWNLOADED, **changes)
+        if rec.sha256 is None:
+            self.fail("no signed sha256 for the downloaded bundle")
+            raise UpdateError("no signed sha256 for the downloaded bundle")
         checkpoint("downloaded")
         return rec
 
