@@ -17,10 +17,12 @@ from fleet import (
     demo_fleet,
     keys_cli,
     licences_cli,
+    rollouts_cli,
     serve_cli,
     sign_cli,
     terminals_cli,
     tokens_cli,
+    updates_cli,
     verify_cli,
 )
 from fleet.cli_common import EXIT_USAGE, CliError
@@ -43,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     tokens_cli.add_parser(sub)
     config_cli.add_parser(sub)
     licences_cli.add_parser(sub)
+    updates_cli.add_parser(sub)
+    rollouts_cli.add_parser(sub)
     return parser
 
 

@@ -22,8 +22,17 @@ from fleet.server.api.context import AppContext
 from fleet.server.api.routes import alerts as alerts_api
 from fleet.server.api.routes import commands as commands_api
 from fleet.server.api.routes import refill as refill_api
+from fleet.server.api.routes import rollouts as rollouts_api
 from fleet.server.api.routes import terminals as terminals_api
-from fleet.server.db.models import Role, Site, Terminal, TerminalEvent
+from fleet.server.db.models import (
+    FailureAction,
+    Role,
+    RolloutState,
+    Site,
+    Terminal,
+    TerminalEvent,
+    UpdateState,
+)
 from fleet.server.terminal_state import STATES, terminal_state
 from fleet.server.web import i18n
 from fleet.server.web.charts import paper_chart
@@ -50,6 +59,7 @@ NAV = (
     ("/", "nav_overview", FLEET_ROLES),
     ("/alerts", "nav_alerts", FLEET_ROLES),
     ("/refill", "nav_refill", FLEET_ROLES),
+    ("/rollouts", "nav_rollouts", FLEET_ROLES),
     ("/verify", "nav_verify", VERIFY_ROLES),
     ("/licences/new", "nav_issue", ISSUE_ROLES),
 )
@@ -115,6 +125,7 @@ def _render(
         csrf=csrf_token(secret_of(request), session) if session else "",
         nav=[(p, t[k]) for p, k, roles in NAV if session and session.role in roles],
         path=request.url.path,
+        section="/" + request.url.path.split("/")[1],
         zone=_ctx(request).settings.service_timezone,
         **values,
     )
@@ -326,6 +337,67 @@ async def refill_page(request: Request) -> Response:
         return guarded
     plan = await refill_api.get_refill_round(_ctx(request), guarded.principal)
     return _render(request, "refill.html", guarded, plan=plan)
+
+
+# --- rollouts ----------------------------------------------------------------------------------
+
+#: What the rollout pages' script needs besides the catalogue: the state names in order.
+_ROLLOUT_LIVE = {
+    "update_states": [s.value for s in UpdateState],
+    "failure_states": [
+        UpdateState.FAILED.value,
+        UpdateState.ROLLED_BACK.value,
+        UpdateState.TIMED_OUT.value,
+    ],
+}
+
+
+@router.get("/rollouts")
+async def rollouts_page(request: Request) -> Response:
+    guarded = await _guard(request, FLEET_ROLES)
+    if not isinstance(guarded, Session):
+        return guarded
+    page = await rollouts_api.list_rollouts(guarded.principal, limit=200, offset=0, state=None)
+    return _render(
+        request,
+        "rollouts.html",
+        guarded,
+        rollouts=page.items,
+        total=page.total,
+        update_states=[s.value for s in UpdateState],
+        failure_actions=[a.value for a in FailureAction],
+        is_admin=guarded.role == Role.ADMIN,
+        live={**_ROLLOUT_LIVE, "zone": _ctx(request).settings.service_timezone},
+    )
+
+
+@router.get("/rollouts/{rollout_id}")
+async def rollout_page(request: Request, rollout_id: int) -> Response:
+    guarded = await _guard(request, FLEET_ROLES)
+    if not isinstance(guarded, Session):
+        return guarded
+    try:
+        r = await rollouts_api.get_rollout(rollout_id, guarded.principal)
+    except HTTPException:
+        return _render(request, "message.html", guarded, 404, message_key="not_found")
+    started = sum(len(w.terminals) for w in r.waves if w.started)
+    failed = sum(r.counts.get(s, 0) for s in _ROLLOUT_LIVE["failure_states"])
+    return _render(
+        request,
+        "rollout.html",
+        guarded,
+        r=r,
+        started=started,
+        failed=failed,
+        update_states=[s.value for s in UpdateState],
+        is_admin=guarded.role == Role.ADMIN,
+        active=r.state in (RolloutState.PENDING, RolloutState.RUNNING, RolloutState.PAUSED),
+        live={
+            **_ROLLOUT_LIVE,
+            "rollout": r.id,
+            "zone": _ctx(request).settings.service_timezone,
+        },
+    )
 
 
 # --- licences ----------------------------------------------------------------------------------

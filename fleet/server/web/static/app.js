@@ -1,4 +1,5 @@
-// The dashboard's only script: live updates over SSE, acknowledge, commands, verify, issue.
+// The dashboard's only script: live updates over SSE, acknowledge, commands, verify, issue,
+// rollouts.
 // Everything from the server is put into the page with textContent, never as HTML.
 "use strict";
 
@@ -353,6 +354,168 @@
     });
   }
 
+  // --- rollouts -------------------------------------------------------------------------------
+
+  // The API's error detail as one readable line: a message, or pydantic's list of field errors.
+  function errorText(err) {
+    let detail;
+    try { detail = JSON.parse(err.message); } catch (e) { return err.message; }
+    if (Array.isArray(detail)) {
+      return detail.map((d) => [(d.loc || []).filter((p) => p !== "body").join("."), d.msg]
+        .filter(Boolean).join(": ")).join("; ");
+    }
+    return typeof detail === "string" ? detail : JSON.stringify(detail);
+  }
+
+  const fill = (text, values) => text.replace(/\{(\w+)\}/g, (m, k) => (k in values ? values[k] : m));
+  const rstateBadge = (s) => el("span", { class: "badge rstate-" + s, text: T["rstate_" + s] || s });
+  const ustateBadge = (s) => el("span", { class: "badge ustate-" + s, text: T["ustate_" + s] || s });
+  const progressText = (r) => (r.current_wave < 0 ? T.ro_not_started
+    : fill(T.ro_wave_of, { n: r.current_wave + 1, total: r.wave_count }));
+
+  function countBadges(counts) {
+    const box = el("span", { class: "ucounts" });
+    for (const s of DATA.update_states || []) {
+      if (counts[s]) {
+        box.append(el("span", { class: "badge ustate-" + s, "data-ucount": s,
+          text: `${T["ustate_" + s] || s} ${counts[s]}` }));
+      }
+    }
+    return box;
+  }
+
+  // Refresh from the API every few seconds, and at once on the stream's rollout events.
+  function refreshing(refresh) {
+    let queued = null;
+    const soon = () => {
+      if (queued === null) queued = setTimeout(() => { queued = null; refresh(); }, 300);
+    };
+    setInterval(refresh, 5000);
+    live({ rollout: soon, rollout_terminal: soon });
+  }
+
+  function rolloutsPage() {
+    const body = document.querySelector("#rollouts tbody");
+    const refresh = async () => {
+      let page;
+      try { page = await api("GET", "/api/v1/rollouts?limit=200"); } catch (e) { return; }
+      body.replaceChildren(...page.items.map((r) => el("tr", { "data-rollout": String(r.id) }, [
+        el("td", {}, [el("a", { href: "/rollouts/" + r.id, text: "#" + r.id })]),
+        el("td", { class: "version", text: r.version }),
+        el("td", { class: "rstate" }, [rstateBadge(r.state)]),
+        el("td", { class: "progress", text: progressText(r) }),
+        el("td", { class: "counts" }, [countBadges(r.counts)]),
+        el("td", { text: when(r.created_at) }),
+        el("td", { class: "updated", text: when(r.updated_at) }),
+      ])));
+      document.getElementById("rollout-total").textContent = page.total;
+      document.getElementById("no-rollouts").hidden = page.items.length > 0;
+    };
+    refreshing(refresh);
+
+    const form = document.getElementById("rollout-form");
+    if (!form) return;  // not an admin
+    const list = (v) => String(v || "").split(/[\s,，]+/).filter(Boolean);
+    const number = (v) => (String(v || "").trim() === "" ? null : Number(v));
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const f = new FormData(form);
+      const out = document.getElementById("ro-result");
+      const body = {
+        version: String(f.get("version") || "").trim(),
+        target: { sites: list(f.get("sites")), models: list(f.get("models")),
+          tags: list(f.get("tags")), terminals: list(f.get("terminals")) },
+        success_threshold: number(f.get("success_threshold")) ?? 1,
+        max_failures: number(f.get("max_failures")),
+        max_failure_pct: number(f.get("max_failure_pct")),
+        failure_action: String(f.get("failure_action") || "pause"),
+        per_terminal_timeout_s: number(f.get("per_terminal_timeout_s")) ?? 3600,
+        override_window: f.get("override_window") !== null,
+      };
+      const waves = list(f.get("waves")).map((w) => (/^\d+$/.test(w) ? Number(w) : w));
+      if (waves.length) body.waves = waves;
+      const button = document.getElementById("ro-submit");
+      button.disabled = true;
+      out.className = "";
+      out.textContent = "";
+      try {
+        const r = await api("POST", "/api/v1/rollouts", body);
+        out.textContent = `${T.ro_new_done}: #${r.id}`;
+        out.className = "ok";
+        window.location.href = "/rollouts/" + r.id;
+      } catch (err) {
+        out.textContent = `${T.ro_new_failed}: ${errorText(err)}`;
+        out.className = "error";
+      } finally {
+        button.disabled = false;
+      }
+    });
+  }
+
+  function rolloutPage() {
+    const id = DATA.rollout;
+    const failures = DATA.failure_states || [];
+    const show = (r) => {
+      document.getElementById("rollout-state").replaceChildren(rstateBadge(r.state));
+      document.getElementById("rollout-progress").textContent = progressText(r);
+      const reason = document.getElementById("rollout-reason");
+      reason.hidden = !r.reason;
+      reason.querySelector("span").textContent = r.reason;
+      document.getElementById("rollout-counts").replaceChildren(countBadges(r.counts));
+      const failed = failures.reduce((n, s) => n + (r.counts[s] || 0), 0);
+      const started = r.waves.filter((w) => w.started).reduce((n, w) => n + w.terminals.length, 0);
+      const f = document.getElementById("rollout-failures");
+      f.textContent = `${failed} / ${started}`;
+      f.className = failed ? "bad" : "";
+      document.getElementById("rollout-started").textContent = when(r.started_at);
+      document.getElementById("rollout-updated").textContent = when(r.updated_at);
+      document.getElementById("rollout-finished").textContent = when(r.finished_at);
+      for (const w of r.waves) {
+        const box = document.querySelector(`section[data-wave="${w.index}"]`);
+        if (!box) { window.location.reload(); return; }
+        box.classList.toggle("waiting", !w.started);
+        box.querySelector(".wave-state").textContent = w.started ? T.ro_wave_started : T.ro_wave_waiting;
+        box.querySelector(".wave-counts").replaceChildren(countBadges(w.counts));
+        for (const x of w.terminals) {
+          const tr = box.querySelector(`tr[data-terminal="${CSS.escape(x.id)}"]`);
+          if (!tr) continue;
+          tr.querySelector(".ustate").replaceChildren(ustateBadge(x.state));
+          tr.querySelector(".reason").textContent = x.reason;
+          tr.querySelector(".started").textContent = when(x.started_at);
+          tr.querySelector(".updated").textContent = when(x.updated_at);
+        }
+      }
+      const active = ["pending", "running", "paused"].includes(r.state);
+      const enable = { pause: r.state === "pending" || r.state === "running",
+        resume: r.state === "paused", abort: active };
+      document.querySelectorAll("button.rollout-action").forEach((b) => {
+        b.disabled = !enable[b.dataset.action];
+      });
+      document.body.dataset.rolloutState = r.state;
+    };
+    const refresh = async () => {
+      try { show(await api("GET", `/api/v1/rollouts/${id}`)); } catch (e) { /* next time */ }
+    };
+    const out = document.getElementById("action-result");
+    document.querySelectorAll("button.rollout-action").forEach((b) => {
+      b.addEventListener("click", async () => {
+        const action = b.dataset.action;
+        if (action === "abort" && !window.confirm(fill(T.ro_confirm_abort, { id }))) return;
+        b.disabled = true;
+        try {
+          show(await api("POST", `/api/v1/rollouts/${id}/${action}`));
+          out.textContent = T.ro_done;
+          out.className = "ok";
+        } catch (err) {
+          out.textContent = `${T.ro_failed}: ${errorText(err)}`;
+          out.className = "bad";
+          refresh();
+        }
+      });
+    });
+    refreshing(refresh);
+  }
+
   // --- common ---------------------------------------------------------------------------------
 
   document.addEventListener("DOMContentLoaded", () => {
@@ -371,5 +534,7 @@
     else if (page === "page-terminal") terminalPage();
     else if (page === "page-verify") verifyPage();
     else if (page === "page-issue") issuePage();
+    else if (page === "page-rollouts") rolloutsPage();
+    else if (page === "page-rollout") rolloutPage();
   });
 })();
