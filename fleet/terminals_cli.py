@@ -14,12 +14,16 @@ from fleet.cli_common import CliError, warn, write_atomic
 from fleet.server.broker_files import BROKER_SUBDIR, BrokerError, BrokerFiles
 from fleet.server.provisioning import (
     CONFIG_KEY_PLACEHOLDER,
+    UPDATE_ROOT_PLACEHOLDER,
     ProvisioningError,
     UserRegistry,
     known_models,
     provision_terminal,
 )
 from fleet.server.registry import db_register_hook
+
+#: The file `fleet terminals add --out` writes beside the agent config for self-update.
+UPDATE_ROOT_NAME = "update-root.json"
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -55,6 +59,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--no-config-key", action="store_true", help="leave config_public_key commented out"
     )
     add.add_argument(
+        "--server-url",
+        metavar="URL",
+        help="the fleet server's HTTP address as the kiosk reaches it (large templates and "
+        "self-update come from it); with an update repository (`fleet updates init`) the "
+        "config also gets [update] and update-root.json is written beside it",
+    )
+    add.add_argument(
+        "--update-root",
+        default=UPDATE_ROOT_PLACEHOLDER,
+        metavar="PATH",
+        help=f"path of the update repository's trusted root on the kiosk "
+        f"(default {UPDATE_ROOT_PLACEHOLDER})",
+    )
+    add.add_argument(
         "--data-dir",
         type=Path,
         help="the server's data dir (default: from the server settings, FLEET_DATA_DIR)",
@@ -84,6 +102,13 @@ def run_add(args: argparse.Namespace) -> int:
     if args.out is not None and not args.force and Path(args.out).exists():
         raise CliError(f"{args.out!r} already exists (use --force to replace it)")
     registry: UserRegistry | None = files
+    trusted_root = _update_root(data_dir)
+    if trusted_root is not None and args.server_url is None:
+        warn(
+            "fleet terminals: the fleet has an update repository but no --server-url was "
+            "given: this terminal will not update itself"
+        )
+    self_update = trusted_root is not None and args.server_url is not None
     try:
         text, _password = provision_terminal(
             args.terminal_id,
@@ -94,6 +119,8 @@ def run_add(args: argparse.Namespace) -> int:
             None if args.no_config_key else args.config_key,
             # The Terminal row, before the broker user: a refused id never gets credentials.
             register=db_register_hook(database_url),
+            server_url=args.server_url,
+            update_root_path=args.update_root if self_update else None,
         )
     except (ProvisioningError, BrokerError) as e:
         raise CliError(str(e)) from None
@@ -105,6 +132,11 @@ def run_add(args: argparse.Namespace) -> int:
         if not args.no_config_key:
             pub = _write_config_public_key(args, Path(args.out).parent)
             warn(f"fleet terminals: wrote {str(pub)!r}: install it as {args.config_key!r}")
+        if self_update:
+            assert trusted_root is not None
+            root_file = Path(args.out).parent / UPDATE_ROOT_NAME
+            write_atomic(str(root_file), trusted_root, private=False, overwrite=True)
+            warn(f"fleet terminals: wrote {str(root_file)!r}: install it as {args.update_root!r}")
     if files is None:
         warn(
             f"fleet terminals: the broker is external: create MQTT user {args.terminal_id!r} "
@@ -113,6 +145,14 @@ def run_add(args: argparse.Namespace) -> int:
     if args.model.strip().lower() not in known_models():
         warn(f"fleet terminals: unknown model {args.model!r}: the config uses simulated devices")
     return 0
+
+
+def _update_root(data_dir: Path) -> bytes | None:
+    """The update repository's latest root metadata (what kiosks trust), if it has one."""
+    from fleet.server.updates.repository import UpdateRepository, server_updates_dir
+
+    repo = UpdateRepository(server_updates_dir(data_dir))
+    return repo.latest_root_bytes() if repo.initialised else None
 
 
 def _write_config_public_key(args: argparse.Namespace, directory: Path) -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import re
+import json
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -20,8 +20,6 @@ from fleet.cli_common import CliError, warn, write_atomic
 
 if TYPE_CHECKING:
     from fleet.server.updates.repository import UpdateRepository
-
-ROOT_FILE_RE = re.compile(r"^([0-9]+)\.root\.json$")
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -208,19 +206,13 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_root(args: argparse.Namespace) -> int:
-    repo = _repository(args)
-    versions = [
-        int(m.group(1))
-        for p in repo.metadata_dir.iterdir()
-        if (m := ROOT_FILE_RE.fullmatch(p.name)) is not None
-    ]
-    path = repo.metadata_dir / f"{max(versions)}.root.json"
-    data = path.read_bytes()
+    data = _repository(args).latest_root_bytes()
     if args.out is None:
         sys.stdout.flush()
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
     else:
         write_atomic(args.out, data, overwrite=True)
-        warn(f"fleet updates: wrote {path.name} to {args.out!r}")
+        version = json.loads(data)["signed"]["version"]
+        warn(f"fleet updates: wrote the trusted root (version {version}) to {args.out!r}")
     return 0

@@ -24,6 +24,8 @@ TERMINAL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 AGENT_DATA_DIR = "/var/lib/fleet-agent"
 #: Where the fleet's config-signing public key is installed on a kiosk, by convention.
 CONFIG_KEY_PLACEHOLDER = "/etc/fleet-agent/fleet-config.pub"
+#: Where the TUF root of the fleet's update repository is installed on the kiosk.
+UPDATE_ROOT_PLACEHOLDER = "/etc/fleet-agent/update-root.json"
 #: 32 random bytes: an MQTT password nobody types, so make it unguessable.
 PASSWORD_BYTES = 32
 
@@ -125,13 +127,18 @@ def provision_terminal(
     register: RegisterHook | None = None,
     status_interval_s: float = 30.0,
     password: str | None = None,
+    server_url: str | None = None,
+    update_root_path: str | None = None,
 ) -> Provisioned:
     """Register a terminal and its MQTT user; return the agent config text and the password.
 
     `broker` None: the broker's users are managed outside (an external broker); the caller
     hands the returned password to whoever creates them. `config_key_path` is where the fleet's
     config-signing public key will be on the kiosk; None leaves a commented placeholder (the
-    agent then runs without applying desired-state documents).
+    agent then runs without applying desired-state documents). `server_url` is the fleet
+    server's HTTP address as the kiosk reaches it (templates, updates); `update_root_path` where
+    the update repository's trusted root will be on the kiosk (needs `server_url`; None: the
+    agent never updates itself).
     """
     check_terminal_id(terminal_id)
     site = site.strip()
@@ -142,6 +149,10 @@ def provision_terminal(
     check_broker_url(broker_url)
     if status_interval_s <= 0:
         raise ProvisioningError("status_interval_s must be positive")
+    if server_url is not None:
+        check_server_url(server_url)
+    if update_root_path is not None and server_url is None:
+        raise ProvisioningError("self-update needs the server URL the kiosk downloads from")
     password = password or secrets.token_urlsafe(PASSWORD_BYTES)
     text = render_agent_config(
         terminal_id=terminal_id,
@@ -151,6 +162,8 @@ def provision_terminal(
         password=password,
         config_key_path=config_key_path,
         status_interval_s=status_interval_s,
+        server_url=server_url,
+        update_root_path=update_root_path,
     )
     # HOOK: database registration (the Terminal row) is the caller's, passed in here.
     if register is not None:
@@ -186,6 +199,14 @@ def check_broker_url(url: str) -> None:
         raise ProvisioningError(f"broker URL {url!r}: no host")
 
 
+def check_server_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ProvisioningError(f"server URL {url!r}: expected http[s]://host[:port]")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ProvisioningError(f"server URL {url!r}: expected http[s]://host[:port][/path]")
+
+
 def render_agent_config(
     *,
     terminal_id: str,
@@ -195,6 +216,8 @@ def render_agent_config(
     password: str,
     config_key_path: str | None,
     status_interval_s: float,
+    server_url: str | None = None,
+    update_root_path: str | None = None,
 ) -> str:
     """agent.toml text (see packaging/agent.example.toml for every setting)."""
     drivers = drivers_for(model)
@@ -229,11 +252,26 @@ def render_agent_config(
         "poll_interval_s = 2",
         "debounce_s = 5",
         "",
+        *_server_tables(server_url, update_root_path),
         *_table("printer", drivers.printer, drivers.adjust_on_site),
     ]
     if drivers.reader:  # no [reader]: the model's reader has no agent driver
         lines += ["", *_table("reader", drivers.reader, drivers.adjust_on_site)]
     return "\n".join(lines) + "\n"
+
+
+def _server_tables(server_url: str | None, update_root_path: str | None) -> list[str]:
+    if server_url is None:
+        return []
+    lines = ["[server]", f"url = {toml_string(server_url.rstrip('/'))}", ""]
+    if update_root_path is not None:
+        lines += [
+            "# Self-update: releases are checked against this TUF root (`fleet updates root`).",
+            "[update]",
+            f"trusted_root = {toml_string(update_root_path)}",
+            "",
+        ]
+    return lines
 
 
 def _table(name: str, values: dict[str, TomlValue], adjust: tuple[str, ...]) -> list[str]:

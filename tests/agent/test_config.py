@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from agent import cli
+from agent import cli, config
 from agent.config import ConfigError, load
 from agent.drivers import factory
 from tests.agent.agent_harness import FLEET_AGENT
@@ -240,7 +241,7 @@ def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 def test_the_packaged_example_is_valid(tmp_path: Path) -> None:
     example = (Path(__file__).resolve().parents[2] / "packaging" / "agent.example.toml").read_text()
-    for name in ("fleet-config.pub", "mqtt-password", "fleet-ca.pem"):
+    for name in ("fleet-config.pub", "mqtt-password", "fleet-ca.pem", "update-root.json"):
         (tmp_path / name).write_text("x\n")
     path = tmp_path / "agent.toml"
     path.write_text(example.replace("/etc/fleet-agent/", f"{tmp_path}/"))
@@ -248,3 +249,53 @@ def test_the_packaged_example_is_valid(tmp_path: Path) -> None:
     assert cfg.printer is not None and cfg.printer.driver == "ipp"
     assert cfg.reader is not None and cfg.reader.driver == "pcsc"
     assert cfg.config_public_key == tmp_path / "fleet-config.pub"
+    assert cfg.update is not None and cfg.update.trusted_root == tmp_path / "update-root.json"
+    assert cfg.update.url == "https://fleet.example.org/api/v1/updates/"
+
+
+UPDATE_BASE = """
+terminal_id = "T-1"
+data_dir = "/var/lib/fleet-agent"
+[broker]
+url = "mqtt://h"
+password = "p"
+"""
+
+
+@pytest.mark.parametrize(
+    ("tables", "expected"),
+    [
+        ('[server]\nurl = "http://fleet:8080"\n[update]\ntrusted_root = "root.json"\n', None),
+        (
+            '[update]\ntrusted_root = "root.json"\nurl = "https://u.example/tuf/"\n'
+            "retry_delays_s = [1, 2.5]\n",
+            None,
+        ),
+        ('[update]\ntrusted_root = "root.json"\n', "update.url: missing, and there is no [server]"),
+        ('[update]\ntrusted_root = "nope.json"\nurl = "http://u/"\n', "update.trusted_root: nope"),
+        ('[update]\ntrusted_root = "root.json"\nurl = "ftp://u/"\n', "update.url: 'ftp://u/'"),
+        (
+            '[update]\ntrusted_root = "root.json"\nurl = "http://u/"\nretry_delays_s = [-1]\n',
+            "update.retry_delays_s: expected a list of seconds",
+        ),
+        ('[update]\ntrusted_root = "root.json"\nurl = "http://u/"\nroot = 1\n', "update.root"),
+    ],
+)
+def test_update_section(tmp_path: Path, tables: str, expected: str | None) -> None:
+    (tmp_path / "root.json").write_text("{}")
+    path = tmp_path / "agent.toml"
+    path.write_text(UPDATE_BASE + tables)
+    if expected is None:
+        cfg = config.load(path)
+        assert cfg.update is not None and cfg.update.trusted_root == tmp_path / "root.json"
+        assert cfg.update.url in ("http://fleet:8080/api/v1/updates/", "https://u.example/tuf/")
+        assert cfg.update.retry_delays_s in ((5.0, 30.0, 120.0), (1.0, 2.5))
+    else:
+        with pytest.raises(config.ConfigError, match=re.escape(expected)):
+            config.load(path)
+
+
+def test_no_update_section_means_no_self_update(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(UPDATE_BASE)
+    assert config.load(path).update is None

@@ -61,3 +61,38 @@ def test_a_healthy_real_agent_is_committed_and_reports_it(broker: Broker, tmp_pa
         sub.close()
     assert launcher.returncode == 0, out.decode(errors="replace")[-2000:]
     assert sum(m.json().get("event") == "update_succeeded" for m in sub.on("event")) == 1
+
+
+def test_fleet_agent_install_puts_the_factory_version_in_an_empty_root(tmp_path: Path) -> None:
+    """`fleet-agent install` with a bundle from `fleet updates build`; then the launcher runs it."""
+    from fleet.server.updates.bundle import build_bundle
+
+    bundle = build_bundle("1.0.0", tmp_path / "dist")
+    fleet_agent = [sys.executable, "-m", "agent.cli", "install", "--root"]
+
+    def install(root: Path, version: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*fleet_agent, str(root), "--version", version, str(bundle)],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    wrong = install(tmp_path / "wrong", "1.0.1")  # the manifest says 1.0.0
+    assert wrong.returncode == 2 and "1.0.0" in wrong.stderr, wrong.stderr
+    assert Updater(tmp_path / "wrong").layout.resolve(CURRENT) is None
+    ok = install(tmp_path / "root", "1.0.0")
+    assert ok.returncode == 0, ok.stderr
+    u = Updater(tmp_path / "root")
+    assert u.layout.resolve(CURRENT) == "1.0.0" and u.store.load().state == State.IDLE
+    again = install(tmp_path / "root", "1.0.0")
+    assert again.returncode == 2 and "already provisioned" in again.stderr
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'terminal_id = "T-0001"\ndata_dir = "{tmp_path / "data"}"\n'
+        '[broker]\nurl = "mqtt://127.0.0.1:9"\npassword = "x"\n'
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "agent.update.launcher", "--root", str(u.root),
+         "--", "check-config", "--config", str(config)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0 and "OK (terminal T-0001" in r.stdout, r.stderr

@@ -29,7 +29,6 @@ from agent.update.layout import COMMITTED, CURRENT, Layout
 from agent.update.state import State, StateStore
 from agent.update.updater import Updater
 from fleet.server.updates.bundle import build_bundle
-from tests.server.test_desired_e2e import provision_with_key
 from tests.services.fleet_server import BIN, Server, wait_until
 
 TERMINALS = ["T1", "T2", "T3", "T4"]
@@ -73,12 +72,22 @@ class Supervised:
         self.log.close()
 
 
-def add_update_section(config: Path, trusted_root: Path) -> None:
-    text = config.read_text()
+def provision(s: Server, tid: str) -> Path:
+    """`fleet terminals add` with the server URL: the config gets [server] and [update], and the
+    update repository's trusted root is written beside it."""
+    path = s.data / f"{tid}.toml"
+    s.fleet(
+        "terminals", "add", tid, "--site", "WH-HALL", "--model", "sim",
+        "--data-dir", str(s.data), "--out", str(path),
+        "--config-key", str(s.data / "fleet-config.pub"),
+        "--server-url", s.url, "--update-root", str(s.data / "update-root.json"),
+    )  # fmt: skip
+    text = path.read_text()
+    assert f'[update]\ntrusted_root = "{s.data / "update-root.json"}"' in text
+    text = re.sub(r"^data_dir = .*$", f'data_dir = "{s.data / tid}"', text, flags=re.M)
     text = re.sub(r"^status_interval_s = .*$", "status_interval_s = 5", text, flags=re.M)
-    config.write_text(
-        text + f'\n[update]\ntrusted_root = "{trusted_root}"\nretry_delays_s = [0.5]\n'
-    )
+    path.write_text(text.replace("[update]\n", "[update]\nretry_delays_s = [0.5]\n"))
+    return path
 
 
 def call(s: Server, token: str, method: str, path: str, body: Any = None) -> Any:
@@ -103,18 +112,12 @@ def fleet_agents(server: Server, tmp_path: Path) -> Iterator[dict[str, Path]]:
         [str(fleet), "updates", "init", "--root-key-dir", str(tmp_path / "root-keys")],
         env=s.env, check=True, capture_output=True, timeout=60,
     )  # fmt: skip
-    trusted_root = tmp_path / "update-root.json"
-    subprocess.run(
-        [str(fleet), "updates", "root", "--out", str(trusted_root)],
-        env=s.env, check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
     factory = build_bundle("1.0.0", tmp_path / "factory")
     roots: dict[str, Path] = {}
     supervised: list[Supervised] = []
     try:
         for tid in TERMINALS:
-            config = provision_with_key(s, tid)
-            add_update_section(config, trusted_root)
+            config = provision(s, tid)
             root = s.data / f"{tid}-versions"
             Updater(root).provision(factory, "1.0.0", _sha256(factory))
             roots[tid] = root

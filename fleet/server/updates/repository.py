@@ -130,6 +130,16 @@ class UpdateRepository(Repository):
     def initialised(self) -> bool:
         return (self.metadata_dir / "1.root.json").is_file()
 
+    def latest_root_bytes(self) -> bytes:
+        """The newest `N.root.json` exactly as served: what a new terminal is provisioned with."""
+        self._require_initialised()
+        versions = [
+            int(p.name.split(".", 1)[0])
+            for p in self.metadata_dir.glob("*.root.json")
+            if p.name.split(".", 1)[0].isdigit()
+        ]
+        return (self.metadata_dir / f"{max(versions)}.root.json").read_bytes()
+
     def open(self, role: str) -> Metadata[Any]:
         """The current metadata of `role`, or a new version 0 (which `close` makes version 1)."""
         path = self.metadata_dir / f"{role}.json"
