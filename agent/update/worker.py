@@ -91,6 +91,10 @@ class UpdateWorker:
             self._cond.notify()
 
     def start(self) -> None:
+        if self.client is not None:
+            # A download cut short by a kill or power cut: the launcher already failed that
+            # update (agent.update.updater), so its partial file is just litter.
+            _clear_downloads(self.client.targets_dir)
         self._thread = threading.Thread(target=self._run, name="update", daemon=True)
         self._thread.start()
 

@@ -200,3 +200,13 @@ def test_stop_ends_a_wait_between_retries(rig: Rig) -> None:
     w.stop(timeout=5)
     assert w._thread is not None and not w._thread.is_alive()
     assert rig.restarts == 0
+
+
+def test_a_download_cut_short_by_a_kill_is_cleared_at_start(rig: Rig) -> None:
+    client = rig.env.client()
+    client.targets_dir.mkdir(parents=True)
+    (client.targets_dir / ".fleet-agent-1.1.0.tar.gz.partial").write_bytes(b"half")
+    w = rig.worker(client=client)
+    w.start()
+    w.stop()
+    assert not any(client.targets_dir.iterdir())

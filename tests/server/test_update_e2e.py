@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import signal
 import subprocess
@@ -27,7 +28,7 @@ import pytest
 
 from agent.update.layout import COMMITTED, CURRENT, Layout
 from agent.update.state import State, StateStore
-from agent.update.updater import Updater
+from agent.update.updater import KILL_AT_ENV, Updater
 from fleet.server.updates.bundle import build_bundle
 from tests.services.fleet_server import BIN, Server, wait_until
 
@@ -38,7 +39,10 @@ ROOT = Path(__file__).resolve().parents[2]
 class Supervised:
     """`python -m agent.update.launcher … -- run --config C`, restarted whenever it exits."""
 
-    def __init__(self, root: Path, config: Path, log: Path) -> None:
+    def __init__(
+        self, root: Path, config: Path, log: Path, env: dict[str, str] | None = None
+    ) -> None:
+        self.env = {**os.environ, **(env or {})}
         self.cmd = [
             sys.executable, "-m", "agent.update.launcher", "--root", str(root),
             "--deadline", "30", "--poll", "0.1", "--max-starts", "3",
@@ -54,7 +58,7 @@ class Supervised:
     def _loop(self) -> None:
         while not self._stop.is_set():
             self.proc = subprocess.Popen(
-                self.cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT
+                self.cmd, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT
             )
             self.starts += 1
             self.proc.wait()
@@ -103,6 +107,16 @@ def call(s: Server, token: str, method: str, path: str, body: Any = None) -> Any
     return r.json()
 
 
+def start_agent(
+    s: Server, tid: str, factory: Path, env: dict[str, str] | None = None
+) -> tuple[Path, Supervised]:
+    """Provision `tid`, install the factory version in its A/B root, run it supervised."""
+    config = provision(s, tid)
+    root = s.data / f"{tid}-versions"
+    Updater(root).provision(factory, "1.0.0", _sha256(factory))
+    return root, Supervised(root, config, s.data / f"agent-{tid}.log", env)
+
+
 @pytest.fixture
 def fleet_agents(server: Server, tmp_path: Path) -> Iterator[dict[str, Path]]:
     """Four terminals provisioned with the config key and the TUF root, on agent 1.0.0."""
@@ -117,11 +131,8 @@ def fleet_agents(server: Server, tmp_path: Path) -> Iterator[dict[str, Path]]:
     supervised: list[Supervised] = []
     try:
         for tid in TERMINALS:
-            config = provision(s, tid)
-            root = s.data / f"{tid}-versions"
-            Updater(root).provision(factory, "1.0.0", _sha256(factory))
-            roots[tid] = root
-            supervised.append(Supervised(root, config, s.data / f"agent-{tid}.log"))
+            roots[tid], sup = start_agent(s, tid, factory)
+            supervised.append(sup)
         wait_until(
             lambda: all(s.get(f"/api/v1/terminals/{t}")["online"] for t in TERMINALS),
             30,
@@ -172,11 +183,17 @@ def _break(bundle: Path, version: str, tmp_path: Path) -> Path:
     return out
 
 
-def rollout(s: Server, token: str, version: str) -> dict[str, Any]:
+def rollout(
+    s: Server,
+    token: str,
+    version: str,
+    terminals: list[str] = TERMINALS,
+    waves: list[int | str] | None = None,
+) -> dict[str, Any]:
     body = {
         "version": version,
-        "target": {"terminals": TERMINALS},
-        "waves": [1, "50%", "100%"],
+        "target": {"terminals": terminals},
+        "waves": waves or [1, "50%", "100%"],
         "override_window": True,
         "per_terminal_timeout_s": 180,
         "failure_action": "pause",
@@ -242,3 +259,50 @@ def test_a_good_release_reaches_every_wave_and_a_bad_one_stops_at_the_canary(
         if tid != canary:
             attempt = root.parent / tid / "update" / "attempt.json"
             assert not attempt.exists() or json.loads(attempt.read_text())["version"] != "1.2.0"
+
+
+def test_a_kill_in_the_middle_of_an_install_leaves_the_terminal_working_and_is_reported(
+    server: Server, tmp_path: Path
+) -> None:
+    """SIGKILL while the bundle is being unpacked (a power cut): the next start fails the update
+    (`interrupted while installing`), the terminal runs its version, the rollout pauses."""
+    s = server
+    s.fleet("updates", "init", "--root-key-dir", str(tmp_path / "root-keys"))
+    admin = s.fleet("tokens", "create", "--role", "admin", "--name", "kill-e2e").split()[0]
+    factory = build_bundle("1.0.0", tmp_path / "factory")
+    root, sup = start_agent(s, "K1", factory, {KILL_AT_ENV: "install_unpacking"})
+    try:
+        wait_until(lambda: s.get("/api/v1/terminals/K1")["online"], 30, "K1 online")
+        publish(s, tmp_path, "1.1.0")
+        rid = rollout(s, admin, "1.1.0", ["K1"], [1])["id"]
+        paused = wait_until(
+            lambda: (r := s.get(f"/api/v1/rollouts/{rid}"))["state"] == "paused" and r,
+            120,
+            "the rollout to pause",
+            every=0.5,
+        )
+        (k1,) = paused["waves"][0]["terminals"]
+        assert k1["state"] == "failed" and "interrupted while installing" in k1["reason"], k1
+        assert sup.starts >= 2  # killed once, started again
+        layout = Layout(root)
+        assert layout.resolve(CURRENT) == layout.resolve(COMMITTED) == "1.0.0"
+        assert layout.installed() == ["1.0.0"]
+        assert not list(layout.versions.glob("*.partial"))
+        assert not any((s.data / "K1" / "update" / "downloads").iterdir())
+        # Up again on 1.0.0: it applied the document that no longer names 1.1.0 and reports it.
+        # (The dashboard shows it online only after the presence hold: a flapping link is
+        # not called back at once.)
+        t = wait_until(
+            lambda: (
+                (t := s.get("/api/v1/terminals/K1"))["desired_state"]["drift"] is False
+                and t["desired_state"]["desired_version"] >= 2
+                and (t["status"] or {}).get("desired") == t["desired_state"]["desired_hash"]
+                and t
+            ),
+            30,
+            "K1 to report the document without the failed target",
+        )
+        assert t["status"]["agent"] == "1.0.0"
+    finally:
+        sup.stop()
+        print((s.data / "agent-K1.log").read_text(errors="replace")[-3000:])
