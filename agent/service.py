@@ -168,7 +168,7 @@ def _run(cfg: AgentConfig) -> int:
     restart = threading.Event()
 
     def request_restart(why: str) -> None:
-        log.info("restart: %s", why)
+        log.info("%s", why)
         restart.set()
         stop.set()
         reporter.kick()
@@ -189,7 +189,7 @@ def _run(cfg: AgentConfig) -> int:
             cfg.terminal_id,
             printer.driver if printer is not None else None,
             reporter.refresh,
-            lambda: request_restart("requested by a remote command"),
+            lambda: request_restart("restart requested by a remote command"),
             state_dir=cfg.data_dir,
         ),
         publish=lambda msg: link.publish("cmd/result", _dumps(msg)),
@@ -283,7 +283,7 @@ def _update_worker(
         running=version,
         attempt_file=cfg.data_dir / UPDATE_DIR / "attempt.json",
         emit=reporter.emit,
-        restart=lambda: request_restart("switching to the new agent version"),
+        restart=lambda: request_restart("restart to switch to the new agent version"),
         report_outcome=(lambda: _report_update_outcome(updater, reporter)) if updater else _noop,
         updater=updater if client is not None else None,
         client=client,

@@ -8,7 +8,10 @@
 
 With `--config-public-key fleet-config.pub` (PEM or DER SubjectPublicKeyInfo, the fleet's EdDSA
 config key) each terminal verifies and applies its signed `desired` document and says so on
-`reported`; without it every document is refused with "no config key".
+`reported`; without it every document is refused with "no config key". A document naming another
+agent version makes the terminal simulate a self-update (agent/sim/update.py): `--update-seconds
+1,2` how long one takes (uniform between the two), `--bad-versions 1.2.0,1.3.0` releases whose
+health check fails (rolled back), `--update-failure-rate 0.05` the chance any other one fails.
 
 Without a template, `make-passwd --credentials creds.txt` draws random passwords and keeps them in
 `creds.txt` (mode 0600) for `fleet-sim --password-file creds.txt`.
@@ -33,6 +36,7 @@ from agent.sim import credentials
 from agent.sim.pool import Pool, PoolConfig, Stats
 from agent.sim.sites import TerminalSpec, layout
 from agent.sim.terminal import Behaviour, SimTerminal
+from agent.sim.update import UpdatePolicy
 
 #: Descriptors beyond one socket per terminal: the selector, stdio, Python's own files.
 SPARE_FDS = 64
@@ -47,6 +51,28 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+def _seconds_range(text: str) -> tuple[float, float]:
+    low, _, high = text.partition(",")
+    try:
+        lo, hi = float(low), float(high or low)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected SECONDS or MIN,MAX, e.g. 1,2") from None
+    if not 0 <= lo <= hi:
+        raise argparse.ArgumentTypeError("expected 0 <= MIN <= MAX")
+    return lo, hi
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError("a probability in [0, 1]")
+    return value
+
+
+def _versions(text: str) -> frozenset[str]:
+    return frozenset(v.strip() for v in text.split(",") if v.strip())
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -94,6 +120,27 @@ def _run_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="the fleet's config-signing public key (PEM or DER): desired documents are checked",
+    )
+    p.add_argument(
+        "--update-seconds",
+        type=_seconds_range,
+        default=(1.0, 2.0),
+        metavar="MIN[,MAX]",
+        help="a simulated self-update's download, install, restart and health check (default 1,2)",
+    )
+    p.add_argument(
+        "--bad-versions",
+        type=_versions,
+        default=frozenset(),
+        metavar="V,V...",
+        help="agent releases that fail their health check and are rolled back",
+    )
+    p.add_argument(
+        "--update-failure-rate",
+        type=_probability,
+        default=0.0,
+        metavar="P",
+        help="chance that an update to any other release is rolled back (default 0)",
     )
     return p
 
@@ -208,6 +255,11 @@ def run(argv: Sequence[str]) -> int:
         jam_rate=args.jam_rate,
         card_rate=args.card_rate,
         agent_version=args.agent_version,
+        update=UpdatePolicy(
+            seconds=args.update_seconds,
+            bad_versions=args.bad_versions,
+            failure_rate=args.update_failure_rate,
+        ),
     )
     t0 = time.monotonic()
     scale: float = args.time_scale

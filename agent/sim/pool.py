@@ -41,7 +41,7 @@ READ = selectors.EVENT_READ
 READ_WRITE = selectors.EVENT_READ | selectors.EVENT_WRITE
 
 # Timer kinds.
-TICK, RETRY, CONNECT_TIMEOUT, RESTART = 0, 1, 2, 3
+TICK, RETRY, CONNECT_TIMEOUT, RESTART, UPDATE = 0, 1, 2, 3, 4
 #: The topics each terminal reads, as the agent subscribes them.
 SUBSCRIBED = ("desired", "cmd")
 # Connection states.
@@ -106,6 +106,7 @@ class Conn:
         "restart_mid",
         "state",
         "term",
+        "will_version",
         "writing",
     )
 
@@ -121,6 +122,8 @@ class Conn:
         self.next_poll = 0.0
         #: A restart waits for the PUBACK of this (its presence offline) before it disconnects.
         self.restart_mid: int | None = None
+        #: The agent version the client's Last Will names.
+        self.will_version = term.agent_version
 
 
 class Pool:
@@ -251,6 +254,7 @@ class Pool:
             return
         for answer in answers:
             self._publish(conn, answer)
+        self._update_timer(conn)
         if conn.term.restart_requested:
             conn.term.restart_requested = False
             self._at(self.clock(), RESTART, conn)
@@ -265,6 +269,11 @@ class Pool:
         self._at(self.clock() + cap * self.rng.uniform(0.5, 1.0), RETRY, conn)
 
     def _start_connect(self, conn: Conn) -> None:
+        if conn.term.agent_version != conn.will_version:
+            # Updated since the last connect: the Last Will names the version it now runs.
+            will = conn.term.presence(online=False, reason="will")
+            conn.client.will_set(will.topic, will.payload, qos=1, retain=True)
+            conn.will_version = conn.term.agent_version
         conn.gen += 1
         conn.state = CONNECTING
         self.in_flight += 1
@@ -356,6 +365,11 @@ class Pool:
                 conn.client.disconnect()
             conn.restart_mid = mid
             self._sync_write(conn)
+        elif kind == UPDATE and conn.state == CONNECTED:
+            for msg in conn.term.update_step(now):
+                self._publish(conn, msg)
+            self._sync_write(conn)
+            self._update_timer(conn)
         elif kind == TICK and conn.state == CONNECTED:
             if now >= conn.next_poll:
                 conn.next_poll += self.cfg.poll_interval_s
@@ -365,6 +379,16 @@ class Pool:
                 self._publish(conn, msg)
             self._sync_write(conn)
             self._at(self._next_wake(conn), TICK, conn)
+
+    def _update_timer(self, conn: Conn) -> None:
+        """Wake for the next step of a simulated self-update on time, not at the next poll.
+
+        A timer that finds its step already taken (by `tick`, which steps the update too) only
+        schedules the next one, if any; one lost with a reconnect makes its step a poll late.
+        """
+        due = conn.term.updater.due
+        if due is not None:
+            self._at(due, UPDATE, conn)
 
     @staticmethod
     def _next_wake(conn: Conn) -> float:

@@ -12,7 +12,9 @@ protocol level (agent/sim/desired.py: verify, version check, `reported`), and it
 `status_interval_s` applied to the report schedule; commands go through the agent's own
 CommandRunner (agent/commands.py) with an in-memory store: `refresh_status` reports at once,
 `print_test_page` takes a sheet from the simulated tray, `restart_agent` asks the pool to
-reconnect this terminal.
+reconnect this terminal. A document naming another agent version starts a simulated self-update
+(agent/sim/update.py) with the real agent's `update_*` events; once it succeeds, presence, status
+and events carry the new version.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import rust_core
@@ -35,6 +37,7 @@ from agent.drivers.base import (
 from agent.drivers.simulated import Clock, SimulatedPrinter, SimulatedReader
 from agent.sim.desired import DesiredState
 from agent.sim.sites import TerminalSpec
+from agent.sim.update import SimUpdater, UpdatePolicy
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class Behaviour:
     refill_empty_s: tuple[float, float] = (900.0, 3600.0)
     refill_low_s: tuple[float, float] = (3600.0, 6 * 3600.0)
     clear_jam_s: tuple[float, float] = (300.0, 1800.0)
+    #: Simulated self-update: its duration and which releases fail their health check.
+    update: UpdatePolicy = field(default_factory=UpdatePolicy)
 
 
 def _encode(payload: dict[str, Any]) -> bytes:
@@ -112,25 +117,34 @@ class SimTerminal:
         self._last_key: tuple[str, tuple[str, ...], str] | None = None
         self._refill_at: float | None = None
         self._clear_at: float | None = None
+        # Its own stream, so updates leave the devices' and the staff's draws as they were.
+        self.updater = SimUpdater(
+            behaviour.agent_version, behaviour.update, random.Random(f"update:{seed}")
+        )
+
+    @property
+    def agent_version(self) -> str:
+        """The version this terminal runs (changes when a simulated update succeeds)."""
+        return self.updater.running
 
     # -- messages ------------------------------------------------------------------------------
 
     def presence(self, online: bool, reason: str | None = None) -> Message:
         """Retained presence; the site rides along so a server can group terminals by site."""
-        body = report.presence(online, self.b.agent_version, reason=reason)
+        body = report.presence(online, self.agent_version, reason=reason)
         body["site"] = self.spec.site.to_json()
         return Message(self._topics["presence"], _encode(body), retain=True)
 
     def _event(self, kind: str, **data: Any) -> Message:
         self.seq += 1
-        body = report.event(seq=self.seq, kind=kind, agent_version=self.b.agent_version, **data)
+        body = report.event(seq=self.seq, kind=kind, agent_version=self.agent_version, **data)
         return Message(self._topics["event"], _encode(body))
 
     def _status(self, printer: PrinterStatus, reader: ReaderStatus) -> Message:
         self.seq += 1
         body = report.status(
             seq=self.seq,
-            agent_version=self.b.agent_version,
+            agent_version=self.agent_version,
             printer=printer,
             reader=reader,
             host={"uptime_s": int(self._clock() - self._boot), "disk_free_mb": self._disk_free_mb},
@@ -145,9 +159,13 @@ class SimTerminal:
         out: list[Message] = []
         if kind == "desired":
             outcome = self.desired.receive(payload)
+            out.append(Message(self._topics["reported"], _encode(outcome.reported)))
             if outcome.applied is not None:
                 self._apply(outcome.applied.document["config"], now)
-            out.append(Message(self._topics["reported"], _encode(outcome.reported)))
+                # As agent.desired.apply.LiveTarget.apply hands the document to the update worker.
+                target = (outcome.applied.document.get("agent") or {}).get("version")
+                for kind_, data in self.updater.want(target, outcome.applied.version, now):
+                    out.append(self._event(kind_, **data))
         elif kind == "cmd":
             result = self.commands.handle(payload)
             if result is not None:
@@ -216,9 +234,26 @@ class SimTerminal:
         elif "media-low" in printer.reasons and self._refill_at is None:
             self._refill_at = mnow + rng.uniform(*self.b.refill_low_s)
 
+    def update_step(self, now: float) -> list[Message]:
+        """The self-update's steps whose time has come (the pool also calls this on its timer).
+
+        After a switch the terminal runs the new version: as the restarted agent would, it says
+        so in a fresh retained presence before reporting the outcome.
+        """
+        due = self.updater.due
+        if due is None or now < due:
+            return []
+        emitted, switched = self.updater.poll(now)
+        out: list[Message] = []
+        for kind, data in emitted:
+            if switched and kind == "update_succeeded":
+                out.append(self.presence(online=True))
+            out.append(self._event(kind, **data))
+        return out
+
     def tick(self, now: float) -> list[Message]:
         """Read the devices; return the events and, when due or changed, a status report."""
-        out: list[Message] = []
+        out: list[Message] = self.update_step(now)
         printer, reader = self._read()
         if self._staff(printer, out):
             printer, reader = self._read()
