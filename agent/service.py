@@ -241,16 +241,22 @@ def _connected(probe: HealthProbe, applier: Applier | None) -> None:
         applier.request_state_report()
 
 
+#: Outcomes are reported from the MQTT thread, the update worker and the commit watcher: one at
+#: a time, so that one is never emitted twice.
+_OUTCOME_LOCK = threading.Lock()
+
+
 def _report_update_outcome(updater: Updater, reporter: Reporter) -> None:
     """An update's end (succeeded, failed, rolled back) goes out once, as an `update_*` event."""
     try:
-        outcome = updater.on_agent_start()
-        if outcome is None:
-            return
-        data = outcome.to_json()
-        data.pop("event", None)
-        if reporter.emit(outcome.event, **data) is not None:
-            updater.acknowledge()  # the outbox is durable: the server will get it
+        with _OUTCOME_LOCK:
+            outcome = updater.on_agent_start()
+            if outcome is None:
+                return
+            data = outcome.to_json()
+            data.pop("event", None)
+            if reporter.emit(outcome.event, **data) is not None:
+                updater.acknowledge()  # the outbox is durable: the server will get it
     except Exception:  # the update state must never stop the agent from reporting
         log.exception("reading the update state failed")
 

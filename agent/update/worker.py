@@ -34,8 +34,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from agent.update.install import InstallError
-from agent.update.layout import write_atomic
-from agent.update.state import CorruptState, State
+from agent.update.layout import check_version, write_atomic
+from agent.update.state import BEFORE_SWITCH, CorruptState, State
 from agent.update.tuf_client import UpdateClient, UpdateRefused
 from agent.update.updater import UpdateError, Updater
 
@@ -127,14 +127,22 @@ class UpdateWorker:
         if self._attempted() == (version, document):
             log.info("agent %s was already attempted for desired version %s", version, document)
             return
-        if self.updater is None or self.client is None:
+        why = self.unavailable or "self-update is not configured"
+        if self.updater is not None and self.client is not None:
+            try:
+                check_version(version)
+            except ValueError as e:
+                why = str(e)
+            else:
+                why = ""
+        if why:
             self._record(version, document)
-            why = self.unavailable or "self-update is not configured"
             log.error("desired state names agent %s, but %s", version, why)
             self.emit(
                 "update_failed", version=version, from_version=self.running, reason=why, attempt=1
             )
             return
+        assert self.updater is not None and self.client is not None
         if not self._wait_idle():
             return
         self._record(version, document)
@@ -181,8 +189,10 @@ class UpdateWorker:
 
     def _failed(self, updater: Updater, reason: str) -> None:
         rec = updater.store.load()
-        if rec.state not in (State.FAILED, State.IDLE):  # install() already failed it itself
+        if rec.state in BEFORE_SWITCH:  # (install() fails its own errors itself)
             updater.fail(reason)
+        elif rec.state in (State.SWITCHING, State.SWITCHED):  # the switch itself failed
+            updater.rollback(reason)
         self.report_outcome()
 
     def _wait_idle(self) -> bool:

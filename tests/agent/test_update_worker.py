@@ -210,3 +210,30 @@ def test_a_download_cut_short_by_a_kill_is_cleared_at_start(rig: Rig) -> None:
     w.start()
     w.stop()
     assert not any(client.targets_dir.iterdir())
+
+
+def test_a_version_that_is_no_directory_name_is_refused_and_reported(rig: Rig) -> None:
+    rig.worker().handle("../../etc", 7)
+    assert rig.kinds() == ["update_failed"]
+    assert "not a usable agent version" in rig.events[0][1]["reason"]
+    assert rig.updater.store.load().state == State.IDLE and rig.restarts == 0
+
+
+def test_a_switch_that_fails_half_way_is_rolled_back(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk refuses the `current` pointer after `previous` moved: back to 1.0.0, reported."""
+    rig.publish("1.1.0")
+    real = rig.updater.layout.set_pointer
+
+    def set_pointer(pointer: str, version: str) -> None:
+        if pointer == CURRENT and version == "1.1.0":
+            raise OSError(28, "No space left on device")
+        real(pointer, version)
+
+    monkeypatch.setattr(rig.updater.layout, "set_pointer", set_pointer)
+    rig.worker().handle("1.1.0", 7)
+    assert rig.kinds() == ["update_downloading", "update_installing", "update_rolled_back"]
+    assert "No space left" in rig.events[-1][1]["reason"]
+    assert rig.updater.layout.resolve(CURRENT) == "1.0.0"
+    assert rig.updater.layout.installed() == ["1.0.0"] and rig.restarts == 0
