@@ -18,12 +18,15 @@ from fleet.server.db.models import (
     SiteKind,
     StatusSample,
     Terminal,
+    TerminalEvent,
 )
 from fleet.server.events_bus import EventBus
+from fleet.server.ingest import gaps
 from fleet.server.ingest.pipeline import Pipeline
 from fleet.server.ingest.presence import PresenceTracker
 from fleet.server.ingest.receiver import Received
 from fleet.server.ingest.retention import apply_retention
+from fleet.server.ingest.store import SEQ_BAND
 from fleet.server.metrics import FleetMetrics
 from fleet.server.settings import Settings
 
@@ -47,6 +50,11 @@ def status(seq: int, *, at: float = T0, paper: int = 80, reasons: list[str] | No
         "reader": {"driver": "sim", "state": "ok", "card_present": False},
     }
     return json.dumps(doc).encode()
+
+
+def event(seq: int, *, at: float = T0, kind: str = "paper_refilled") -> bytes:
+    ts = datetime.fromtimestamp(int(at), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return json.dumps({"v": 1, "seq": seq, "ts": ts, "agent": "1.2.0", "event": kind}).encode()
 
 
 def presence(online: bool, *, at: float = T0, reason: str | None = None) -> bytes:
@@ -168,6 +176,56 @@ async def test_restart_still_lets_an_open_gap_fill(db: str) -> None:
     await third.handle([msg("T1", "status", status(s)) for s in (4, 3)])
     assert third.counts["duplicate"] == 1
     assert await StatusSample.filter(terminal_id="T1").count() == 5
+
+
+async def test_a_new_sequence_after_a_server_restart_is_a_reset_not_duplicates(db: str) -> None:
+    """The terminal was reinstalled (its outbox starts again at 1) while the server was down:
+    the restored tracker knows the ts of seq 3, so seq 1 with a newer ts is a new sequence."""
+    await seed("T1")
+    p = await make_pipeline(db)
+    await p.handle([msg("T1", "status", status(s, at=T0 + s)) for s in (1, 2, 3)])
+    assert (await gaps.last_seq_ts())["T1"] == datetime.fromtimestamp(int(T0 + 3), UTC)
+    again = await make_pipeline(db)
+    await again.handle([msg("T1", "status", status(s, at=T0 + 100 + s, paper=50)) for s in (1, 2)])
+    assert again.counts["duplicate"] == 0 and again.counts["stored"] == 2
+    t = await Terminal.get(id="T1")
+    assert (t.last_seq, t.paper_pct) == (2, 50)
+    # Nothing of either sequence is lost: the old one moved down into a band of its own.
+    rows = (
+        await StatusSample.filter(terminal_id="T1").order_by("ts").values_list("seq", "paper_pct")
+    )
+    band = SEQ_BAND
+    assert rows == [(1 - band, 80), (2 - band, 80), (3 - band, 80), (1, 50), (2, 50)]
+    # A redelivery of the new sequence's messages after another restart is a duplicate.
+    third = await make_pipeline(db)
+    await third.handle([msg("T1", "status", status(2, at=T0 + 102, paper=50))])
+    assert third.counts["duplicate"] == 1
+
+
+async def test_sequence_resets_archive_each_old_sequence_in_its_own_band(db: str) -> None:
+    """Three sequences of events (same seqs each time), one reset inside a batch after rows of
+    the old sequence: every event is kept, each sequence in its own band, and the gaps move
+    with theirs."""
+    await seed("T1")
+    p = await make_pipeline(db)
+
+    def events(seqs: tuple[int, ...], at: float) -> list[Received]:
+        return [msg("T1", "event", event(s, at=at + s)) for s in seqs]
+
+    await p.handle(events((1, 2, 4), T0))  # 3 missing: a gap (2, 4)
+    await p.handle([*events((5,), T0), *events((1, 2), T0 + 100)])  # reset mid-batch
+    await p.handle(events((1, 3), T0 + 200))  # another new sequence (newer ts), gap (1, 3)
+    assert p.counts["duplicate"] == 0
+    stored = (
+        await TerminalEvent.filter(terminal_id="T1").order_by("ts").values_list("seq", flat=True)
+    )
+    b = SEQ_BAND
+    assert stored == [1 - b, 2 - b, 4 - b, 5 - b, 1 - 2 * b, 2 - 2 * b, 1, 3]
+    gaps = (
+        await SeqGap.filter(terminal_id="T1").order_by("id").values_list("after_seq", "before_seq")
+    )
+    assert gaps == [(2 - b, 4 - b), (1, 3)]
+    assert (await Terminal.get(id="T1")).last_seq == 3
 
 
 GARBAGE = [

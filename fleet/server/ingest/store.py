@@ -20,6 +20,7 @@ from typing import Any
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import IntegrityError
+from tortoise.expressions import F
 from tortoise.transactions import in_transaction
 
 from fleet.server.alerts import Cleared, Opened
@@ -31,6 +32,7 @@ from fleet.server.db.models import (
     SeqGap,
     Site,
     SiteKind,
+    StatusSample,
     Terminal,
     TerminalEvent,
 )
@@ -59,6 +61,23 @@ SampleRow = tuple[str, int, datetime, datetime, int | None, str | None, str, str
                   bool]  # fmt: skip
 
 
+#: A terminal that starts a new sequence (reinstalled, outbox lost) reuses seqs its old sequence
+#: stored; the old rows move down, out of the way, into a band of their own: the k-th sequence
+#: archived lies in (-k * SEQ_BAND, -(k - 1) * SEQ_BAND). No sequence reaches 2**40 messages.
+SEQ_BAND = 1 << 40
+
+
+@dataclass
+class SequenceReset:
+    """Terminal `terminal` started a new sequence in this batch; the rows of the batch collected
+    before it (indices into samples, events, gaps) belong to the old one and are archived too."""
+
+    terminal: str
+    samples: list[int]
+    events: list[int]
+    gaps: list[int]
+
+
 @dataclass
 class BatchWrite:
     """Everything one batch changes in the database."""
@@ -71,6 +90,7 @@ class BatchWrite:
     latest: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Terminals to create first (auto-registration), with their model name.
     new_terminals: dict[str, str] = field(default_factory=dict)
+    resets: list[SequenceReset] = field(default_factory=list)
 
     def update(self, terminal: str, **columns: Any) -> None:
         self.latest.setdefault(terminal, {}).update(columns)
@@ -91,6 +111,8 @@ async def write_batch(batch: BatchWrite, dead_letter_max_rows: int) -> None:
     async with in_transaction() as conn:
         if batch.new_terminals:
             await _register(batch.new_terminals, conn)
+        for reset in batch.resets:
+            await _archive_sequence(reset, batch, conn)
         # ignore_conflicts: a sample stored before a crash and redelivered after the restart
         # (its ack lost) is already there; the unique (terminal, seq) makes the retry harmless.
         if batch.samples:
@@ -132,6 +154,37 @@ def _insert_sql(conn: BaseDBAsyncClient, table: str, columns: tuple[str, ...]) -
 
 def json_text(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
+
+
+async def _archive_sequence(
+    reset: SequenceReset, batch: BatchWrite, conn: BaseDBAsyncClient
+) -> None:
+    """Move the terminal's stored rows of its old sequence into the next free band (and the
+    batch's rows collected before the reset with them), so the new sequence's seqs are free."""
+    tid = reset.terminal
+    lowest = 0
+    for model in (StatusSample, TerminalEvent):
+        first = await model.filter(terminal_id=tid).using_db(conn).order_by("seq").first()
+        if first is not None:
+            lowest = min(lowest, int(first.seq))
+    bands_used = (-lowest + SEQ_BAND - 1) // SEQ_BAND  # 0 when nothing was archived yet
+    shift = SEQ_BAND * (bands_used + 1)
+    for model in (StatusSample, TerminalEvent):
+        await model.filter(terminal_id=tid, seq__gt=0).using_db(conn).update(seq=F("seq") - shift)
+    await (
+        SeqGap.filter(terminal_id=tid, before_seq__gt=0)
+        .using_db(conn)
+        .update(after_seq=F("after_seq") - shift, before_seq=F("before_seq") - shift)
+    )
+    for i in reset.samples:
+        sample = batch.samples[i]
+        batch.samples[i] = (sample[0], sample[1] - shift, *sample[2:])
+    for i in reset.events:
+        batch.events[i].seq -= shift
+    for i in reset.gaps:
+        batch.gaps[i].after_seq -= shift
+        batch.gaps[i].before_seq -= shift
+    log.info("terminal %s: its previous sequence archived %d below", tid, shift)
 
 
 async def _update_terminals(latest: dict[str, dict[str, Any]], conn: BaseDBAsyncClient) -> None:
