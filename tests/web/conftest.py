@@ -29,9 +29,10 @@ CHROMIUM = Path(os.environ.get("FLEET_TEST_CHROMIUM", "/usr/bin/chromium"))
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / ".artifacts" / "screenshots"
+TIMEOUT_MS = 10_000
 
 try:
-    from playwright.sync_api import Browser, sync_playwright
+    from playwright.sync_api import Browser, Page, sync_playwright
 except ImportError:  # pragma: no cover - the dev extra installs it
     sync_playwright = None  # type: ignore[assignment]
 
@@ -144,3 +145,40 @@ def browser(fleet: Fleet) -> Iterator[Browser]:
             yield b
         finally:
             b.close()
+
+
+def login(browser: Browser, fleet: Fleet, role: str, lang: str = "zh-CN") -> Page:
+    """A new browser context logged in with `role`'s token."""
+    context = browser.new_context(base_url=fleet.url, locale=lang)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto("/login")
+    page.fill("#token", fleet.tokens[role])
+    page.click("#login-submit")
+    page.wait_for_load_state()
+    return page
+
+
+def shot(page: Page, name: str) -> None:
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+@pytest.fixture
+def admin(browser: Browser, fleet: Fleet) -> Iterator[Page]:
+    page = login(browser, fleet, "admin")
+    yield page
+    page.context.close()
+
+
+@pytest.fixture
+def operator(browser: Browser, fleet: Fleet) -> Iterator[Page]:
+    page = login(browser, fleet, "operator")
+    yield page
+    page.context.close()
+
+
+@pytest.fixture
+def auditor(browser: Browser, fleet: Fleet) -> Iterator[Page]:
+    page = login(browser, fleet, "auditor")
+    yield page
+    page.context.close()

@@ -7,14 +7,13 @@ from __future__ import annotations
 import base64
 import time
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import rust_core
-from tests.web.conftest import SCREENSHOTS, Fleet, skip_reason
+from tests.web.conftest import TIMEOUT_MS, Fleet, shot, skip_reason
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
 
@@ -22,37 +21,6 @@ if skip_reason() is None:
     from playwright.sync_api import Browser, Page, expect
 else:  # pragma: no cover
     Browser = Page = object  # type: ignore[assignment,misc]
-
-TIMEOUT_MS = 10_000
-
-
-def login(browser: Browser, fleet: Fleet, role: str) -> Page:
-    context = browser.new_context(base_url=fleet.url, locale="zh-CN")
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    page.goto("/login")
-    page.fill("#token", fleet.tokens[role])
-    page.click("#login-submit")
-    page.wait_for_load_state()
-    return page
-
-
-def shot(page: Page, name: str) -> None:
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-
-
-@pytest.fixture
-def operator(browser: Browser, fleet: Fleet) -> Iterator[Page]:
-    page = login(browser, fleet, "operator")
-    yield page
-    page.context.close()
-
-
-@pytest.fixture
-def auditor(browser: Browser, fleet: Fleet) -> Iterator[Page]:
-    page = login(browser, fleet, "auditor")
-    yield page
-    page.context.close()
 
 
 def test_wrong_token_is_refused_and_pages_need_a_session(browser: Browser, fleet: Fleet) -> None:

@@ -8,7 +8,6 @@ as `fleet updates publish` would; the API reads it on every create."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 
 from fleet.server.updates.repository import init_repository, server_updates_dir
 from tests.services.fleet_server import wait_until
-from tests.web.conftest import SCREENSHOTS, TERMINALS, Fleet, skip_reason
+from tests.web.conftest import TERMINALS, Fleet, shot, skip_reason
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
 
@@ -25,7 +24,6 @@ if skip_reason() is None:
 else:  # pragma: no cover
     Browser = Page = object  # type: ignore[assignment,misc]
 
-TIMEOUT_MS = 10_000
 VERSION = "1.3.0"
 
 
@@ -36,42 +34,6 @@ def published(fleet: Fleet) -> str:
     bundle.write_bytes(b"agent 1.3.0" * 100)
     repo.add_target(bundle, VERSION)
     return VERSION
-
-
-def login(browser: Browser, fleet: Fleet, role: str, lang: str = "zh-CN") -> Page:
-    context = browser.new_context(base_url=fleet.url, locale=lang)
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    page.goto("/login")
-    page.fill("#token", fleet.tokens[role])
-    page.click("#login-submit")
-    page.wait_for_load_state()
-    return page
-
-
-@pytest.fixture
-def admin(browser: Browser, fleet: Fleet) -> Iterator[Page]:
-    page = login(browser, fleet, "admin")
-    yield page
-    page.context.close()
-
-
-@pytest.fixture
-def operator(browser: Browser, fleet: Fleet) -> Iterator[Page]:
-    page = login(browser, fleet, "operator")
-    yield page
-    page.context.close()
-
-
-@pytest.fixture
-def auditor(browser: Browser, fleet: Fleet) -> Iterator[Page]:
-    page = login(browser, fleet, "auditor")
-    yield page
-    page.context.close()
-
-
-def shot(page: Page, name: str) -> None:
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
 def agent_event(fleet: Fleet, terminal: str, kind: str, **data: str) -> None:
