@@ -40,7 +40,6 @@ from fleet.server.ingest.receiver import Receiver, ReceiverConfig
 from fleet.server.ingest.retention import run_retention
 from fleet.server.licences.keys import load_issuer
 from fleet.server.mqtt_publish import Publisher, PublisherConfig
-from fleet.server.rollouts import agent_targets
 from fleet.server.settings import Settings
 from fleet.server.updates.freshness import run_refresh
 
@@ -164,7 +163,7 @@ def desired_hook(
             key,
             models=models,
             published_total=ctx.metrics.desired_published,
-            agent_targets=agent_targets,
+            agent_targets=ctx.rollouts.agent_targets,
         )
 
         async def republish() -> None:

@@ -84,6 +84,7 @@ async def rig(clock: Clock | None = None) -> Rig:
     engine = RolloutEngine(
         desired=lambda: desired, bus=bus, metrics=metrics, clock=clock, hours=ServiceHours()
     )
+    desired.agent_targets = engine.agent_targets  # as fleet serve wires them
     return Rig(engine, desired, pub, clock, bus, metrics)
 
 

@@ -190,6 +190,36 @@ async def test_service_hours_hold_back_a_wave_until_the_hall_closes(db: str) -> 
     assert r.with_version() == ["T01", "T02"]
 
 
+async def test_a_terminal_that_has_not_started_waits_for_the_next_window(db: str) -> None:
+    """Offline when its wave started, back during service hours: its document names the version
+    only once the hall has closed; one that is already installing keeps it."""
+    r = await rig()  # 21:00 local: the window is open
+    ro = await r.engine.create(
+        spec(target={"terminals": ["T01", "T02"]}, waves=[2], per_terminal_timeout_s=86400), "a"
+    )
+    assert r.with_version() == ["T01", "T02"]
+    await r.send("T01", "update_downloading", version=VERSION)
+    await r.engine.tick()  # the engine's first look at the window: no edge
+    sent = len(r.pub.sent)
+    r.clock.advance(hours=13)  # 10:00 the next day: the hall is open
+    await r.engine.tick()
+    assert r.with_version() == ["T01"]  # T02 has not started: not in front of a queue
+    published = len(r.pub.sent)
+    assert published == sent + 1  # T02's document only
+    r.clock.advance(hours=1)
+    await r.engine.tick()  # no edge, nothing republished
+    assert len(r.pub.sent) == published
+    r.clock.advance(hours=7)  # 18:00: closed again
+    await r.engine.tick()
+    assert r.with_version() == ["T01", "T02"]
+    await r.send("T02", "update_succeeded", version=VERSION)
+    await r.send("T01", "update_succeeded", version=VERSION)
+    assert (await Rollout.get(id=ro.id)).state == RolloutState.COMPLETED
+    r.clock.advance(hours=16)  # the next morning: succeeded terminals keep their version
+    await r.engine.tick()
+    assert r.with_version() == ["T01", "T02"]
+
+
 async def test_an_explicit_window_and_the_override(db: str) -> None:
     r = await rig(Clock(AFTERNOON))  # 14:00 Asia/Shanghai
     window = {"start": "13:00", "end": "15:00", "tz": "Asia/Shanghai"}

@@ -5,8 +5,11 @@ window) -> `running` -> `completed`; `paused` by an admin or by the failure rule
 an admin or by the failure rules. One active (pending, running or paused) rollout per terminal.
 
 Starting a wave stamps its terminals' `started_at`; their desired-state documents are then
-recomputed, and carry `"agent": {"version": V}` (targets.py). Agents report progress as `event`
-messages (`fleet/v1/t/{id}/event`), consumed here (see `UPDATE_EVENTS`):
+recomputed, and carry `"agent": {"version": V}` (targets.py) while the window is open; a
+terminal that has not started on it loses it again while the window is closed (each tick
+republishes at the window's edges), so an offline kiosk coming back during service hours waits.
+Agents report progress as `event` messages (`fleet/v1/t/{id}/event`), consumed here (see
+`UPDATE_EVENTS`):
 
     update_downloading  {}                    -> downloading
     update_installing   {}                    -> installing
@@ -56,6 +59,7 @@ from fleet.server.events_bus import EventBus
 from fleet.server.forecast import ServiceHours
 from fleet.server.metrics import FleetMetrics
 from fleet.server.rollouts.planner import PlanError, check_waves, plan_waves, resolve_targets
+from fleet.server.rollouts.targets import agent_targets
 from fleet.server.rollouts.window import WindowError, check_window, in_window
 
 log = logging.getLogger(__name__)
@@ -130,6 +134,16 @@ class RolloutEngine:
         self.clock = clock
         self.hours = hours or ServiceHours()
         self._lock = asyncio.Lock()
+        #: Per active rollout, whether its window was open at the last tick (see `tick`).
+        self._window_was_open: dict[int, bool] = {}
+
+    def window_open(self, window: dict[str, Any] | None, override: bool) -> bool:
+        return override or in_window(self.clock(), window, self.hours)
+
+    async def agent_targets(self, terminal_ids: Sequence[str] | None = None) -> Mapping[str, str]:
+        """The desired-state documents' agent versions, with pending terminals held to the
+        rollout's window (targets.py); what `DesiredService(agent_targets=...)` calls."""
+        return await agent_targets(terminal_ids, self.window_open)
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -293,8 +307,25 @@ class RolloutEngine:
                     if self.metrics is not None:
                         self.metrics.rollout_results.labels(UpdateState.TIMED_OUT.value).inc()
                 await self._recompute([x.terminal_id for x in late], "rollout: update timed out")
+                await self._window_edge(r)
                 await self._advance(r)
                 await self._refresh_metrics(r)
+            for gone in set(self._window_was_open) - {r.id for r in active}:
+                del self._window_was_open[gone]
+
+    async def _window_edge(self, r: Rollout) -> None:
+        """The window opened or closed since the last tick: the documents of the terminals that
+        have not started on the version gain or lose it."""
+        is_open = self.window_open(r.window, r.override_window)
+        was_open = self._window_was_open.get(r.id)
+        self._window_was_open[r.id] = is_open
+        if was_open is None or was_open == is_open:
+            return  # first look (documents were computed with the window as it is) or no edge
+        waiting = await RolloutTerminal.filter(
+            rollout_id=r.id, started_at__isnull=False, state=UpdateState.PENDING
+        ).values_list("terminal_id", flat=True)
+        edge = "opened" if is_open else "closed"
+        await self._recompute([str(t) for t in waiting], f"rollout {r.id}: window {edge}")
 
     async def run_ticks(self, stop: asyncio.Event, interval_s: float = 5.0) -> None:
         while not stop.is_set():

@@ -3,8 +3,9 @@
 A rollout's own window is `{"start": "HH:MM", "end": "HH:MM", "tz": "Area/City"}`, every day,
 and may wrap midnight (`{"start": "18:00", "end": "08:00"}`). Without one, a wave may start
 whenever the service hall is closed: outside the settings' service hours on service days, any
-time on other days. `override_window` lifts the restriction. Only the *start* of a wave is
-held back: terminals of a wave that has started install when their document reaches them.
+time on other days. `override_window` lifts the restriction. The window holds back the start
+of a wave, and (targets.py) a terminal of a started wave that has not begun installing: it gets
+the version in its document only while the window is open.
 """
 
 from __future__ import annotations
