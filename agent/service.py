@@ -173,7 +173,15 @@ def _run(cfg: AgentConfig) -> int:
         stop.set()
         reporter.kick()
 
-    update_worker = _update_worker(cfg, updater, version, reporter, request_restart)
+    commands_ref: list[CommandWorker] = []
+    update_worker = _update_worker(
+        cfg,
+        updater,
+        version,
+        reporter,
+        request_restart,
+        idle=lambda: all(c.idle() for c in commands_ref),
+    )
     applier = Applier(
         terminal_id=cfg.terminal_id,
         key=load_key(cfg.config_public_key),
@@ -194,6 +202,7 @@ def _run(cfg: AgentConfig) -> int:
         ),
         publish=lambda msg: link.publish("cmd/result", _dumps(msg)),
     )
+    commands_ref.append(commands)
     if outbox.recovered:
         # Say so on the wire too: the server sees why seq may jump or restart.
         reporter.emit("outbox_reset", detail=outbox.recovered)
@@ -267,6 +276,7 @@ def _update_worker(
     version: str,
     reporter: Reporter,
     request_restart: Callable[[str], None],
+    idle: Callable[[], bool],
 ) -> UpdateWorker:
     """The self-update worker; without the launcher or [update] it only says why it cannot."""
     client: UpdateClient | None = None
@@ -295,6 +305,7 @@ def _update_worker(
         client=client,
         unavailable=unavailable,
         retry_delays_s=cfg.update.retry_delays_s if cfg.update else (),
+        idle=idle,
     )
 
 
@@ -333,6 +344,11 @@ class CommandWorker:
         self.publish = publish
         self._queue: queue.Queue[bytes | None] = queue.Queue(self.MAX_QUEUED)
         self._thread = threading.Thread(target=self._run, name="commands", daemon=True)
+        self._busy = False
+
+    def idle(self) -> bool:
+        """Nothing running or waiting (a self-update restarts only then: not mid-print)."""
+        return not self._busy and self._queue.empty()
 
     def start(self) -> None:
         self._thread.start()
@@ -352,13 +368,15 @@ class CommandWorker:
 
     def _run(self) -> None:
         while (payload := self._queue.get()) is not None:
+            self._busy = True
             try:
                 result = self.runner.handle(payload)
+                if result is not None:
+                    self.publish(result)
             except Exception:
                 log.exception("command handling failed")
-                continue
-            if result is not None:
-                self.publish(result)
+            finally:
+                self._busy = False
 
 
 def _single_instance(data_dir: Path) -> IO[bytes] | None:

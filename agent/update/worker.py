@@ -15,6 +15,7 @@ What happens when an applied document names agent version V (agent.desired.apply
                                                 a refusal (bad signature, hash, expiry...) is final
         Updater.downloaded(bundle, signed sha)  -> event `update_installing`
         Updater.install, Updater.switch
+        a command in progress finishes          (a test page is not cut off; at most 5 min)
         the agent stops cleanly (exit 0)        the launcher starts V and judges its health;
                                                 its outcome is reported by whichever version runs
     any failure before the switch               Updater.fail(reason) -> `update_failed`
@@ -43,8 +44,11 @@ log = logging.getLogger(__name__)
 
 #: Refusal kinds that say the network failed, not that something was wrong with the release.
 TRANSIENT = frozenset({"slow_retrieval", "http_error", "download_failed"})
-#: How often to look again while an earlier update's outcome waits to be reported.
+#: How often to look again while an earlier update's outcome waits to be reported, or while a
+#: command runs before the restart.
 BUSY_POLL_S = 1.0
+#: The longest a restart waits for a command in progress.
+MAX_DEFER_S = 300.0
 
 Emit = Callable[..., object]
 
@@ -64,6 +68,8 @@ class UpdateWorker:
         client: UpdateClient | None = None,
         unavailable: str | None = None,
         retry_delays_s: Sequence[float] = (5.0, 30.0, 120.0),
+        idle: Callable[[], bool] = lambda: True,
+        max_defer_s: float = MAX_DEFER_S,
     ) -> None:
         """`unavailable`: why this agent cannot update itself (then updater/client are None)."""
         self.running = running
@@ -75,6 +81,8 @@ class UpdateWorker:
         self.client = client
         self.unavailable = unavailable
         self.retry_delays_s = tuple(retry_delays_s)
+        self.idle = idle
+        self.max_defer_s = max_defer_s
         self._cond = threading.Condition()
         self._pending: tuple[str, int | None] | None = None
         self._stopping = False
@@ -169,8 +177,17 @@ class UpdateWorker:
             return
         finally:
             _clear_downloads(client.targets_dir)
+        self._until_idle()
         log.info("agent %s installed and switched: restarting to run it", version)
         self.restart()
+
+    def _until_idle(self) -> None:
+        """A command in progress (a test page printing) finishes before the restart; the new
+        version is current already, so a kill meanwhile still starts it."""
+        deadline = time.monotonic() + self.max_defer_s
+        while not self.idle() and not self._stopping and time.monotonic() < deadline:
+            with self._cond:
+                self._cond.wait_for(lambda: self._stopping, timeout=BUSY_POLL_S)
 
     def _download(self, client: UpdateClient, version: str) -> Path:
         delays = iter(self.retry_delays_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,3 +238,21 @@ def test_a_switch_that_fails_half_way_is_rolled_back(
     assert "No space left" in rig.events[-1][1]["reason"]
     assert rig.updater.layout.resolve(CURRENT) == "1.0.0"
     assert rig.updater.layout.installed() == ["1.0.0"] and rig.restarts == 0
+
+
+def test_the_restart_waits_for_a_command_in_progress(rig: Rig) -> None:
+    """A test page printing when the switch is done: the restart waits for it (bounded)."""
+    rig.publish("1.1.0")
+    busy = [True]
+    timer = threading.Timer(1.5, lambda: busy.clear())
+    timer.start()
+    started = time.monotonic()
+    rig.worker(idle=lambda: not busy).handle("1.1.0", 7)
+    assert rig.restarts == 1 and time.monotonic() - started >= 1.4
+    assert rig.updater.store.load().state == State.SWITCHED  # switched before the wait
+    rig.updater.commit()
+    rig.updater.acknowledge()
+    rig.publish("1.2.0")
+    started = time.monotonic()
+    rig.worker(running="1.1.0", idle=lambda: False, max_defer_s=0.5).handle("1.2.0", 8)
+    assert rig.restarts == 2 and 0.4 <= time.monotonic() - started < 5  # not forever
