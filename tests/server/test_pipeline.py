@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fleet.server.alerts import AlertEngine
+from fleet.server.alerts.rules import CLEAN_OFFLINE_GRACE_S
 from fleet.server.db.models import (
     Alert,
     DeadLetter,
@@ -319,6 +320,26 @@ async def test_presence_will_and_timeout(db: str) -> None:
         "terminal_id", flat=True
     )
     assert sorted(offline) == ["T1", "T2"]
+
+
+async def test_a_clean_goodbye_is_alerted_only_if_the_terminal_stays_away(db: str) -> None:
+    """An agent restarting (into a new version, say) says goodbye and is back within the
+    presence hold: no alert. One that said goodbye and stays away is alerted after the grace."""
+    await seed("T1", "T2")
+    p = await make_pipeline(db)
+    await p.handle([msg(t, "presence", presence(True)) for t in ("T1", "T2")])
+    await p.handle(
+        [msg(t, "presence", presence(False, reason="clean"), T0 + 5) for t in ("T1", "T2")]
+    )
+    await p.handle([msg("T1", "presence", presence(True, at=T0 + 8), T0 + 8)])  # T1 is back
+    await p.tick(T0 + 36)  # the hold is over: T1 online again
+    assert (await Terminal.get(id="T1")).online
+    assert not (await Terminal.get(id="T2")).online
+    await p.tick(T0 + 5 + CLEAN_OFFLINE_GRACE_S - 1)
+    assert await Alert.filter(rule="terminal_offline").count() == 0
+    await p.tick(T0 + 5 + CLEAN_OFFLINE_GRACE_S + 1)
+    alerts = await Alert.filter(rule="terminal_offline").values_list("terminal_id", "detail")
+    assert alerts == [("T2", "clean shutdown")]
 
 
 async def test_retention_expires_and_downsamples(db: str) -> None:

@@ -69,6 +69,8 @@ class _State:
     #: Condition absent since (active: counting towards the hold-down).
     absent_since: datetime | None = None
     detail: str = ""
+    #: The raise delay of this occurrence when its hit set one (RuleHit.raise_delay_s).
+    raise_delay_s: float | None = None
 
 
 class AlertEngine:
@@ -120,6 +122,7 @@ class AlertEngine:
                 st.detail = present[rid].detail
                 if st.present_since is None:
                     st.present_since = now
+                    st.raise_delay_s = present[rid].raise_delay_s
             elif rid in unknown:
                 st.present_since = st.absent_since = None
             else:
@@ -165,7 +168,8 @@ class AlertEngine:
         for rid in sorted(states):
             st, timing = states[rid], self._timing[rid]
             if st.active is None and st.present_since is not None:
-                if _elapsed(st.present_since, now) >= timing.raise_delay_s:
+                delay = timing.raise_delay_s if st.raise_delay_s is None else st.raise_delay_s
+                if _elapsed(st.present_since, now) >= delay:
                     st.active = ActiveAlert(terminal, rid, now)
                     sev = self._rules[rid].severity
                     out.append(Opened(terminal, rid, sev, now, st.present_since, st.detail))

@@ -56,7 +56,8 @@ RULES: Mapping[str, Rule] = {
         # Printers and readers drop off USB briefly on power saving or re-enumeration.
         Rule("printer_offline", C, "打印机离线", "Printer is offline", raise_delay_s=30),
         Rule("reader_fault", C, "读卡器故障", "Card reader fault", raise_delay_s=30),
-        # The presence tracker already applies its own hysteresis before calling a terminal offline.
+        # The presence tracker already applies its own hysteresis before calling a terminal
+        # offline; a clean goodbye gets a grace period on top (CLEAN_OFFLINE_GRACE_S).
         Rule("terminal_offline", C, "终端离线", "Terminal is offline"),
     )
 }
@@ -66,6 +67,11 @@ PRINTER_RULES = frozenset(
 )
 #: Rules decided from the status report (everything but presence and the forecast).
 STATUS_RULES = PRINTER_RULES | {"reader_fault"}
+#: A terminal that said goodbye (presence offline, reason `clean`) is alerted only if it is not
+#: back by then: an agent restarting into a new version, or for a remote restart, is back within
+#: the presence hold (30 s); a crash or a lost link (`will`, `timeout`) is alerted at once.
+CLEAN_OFFLINE_GRACE_S = 90.0
+
 #: What an offline terminal leaves undecided: its last report and its forecast are stale.
 STALE_WHEN_OFFLINE = STATUS_RULES | {"paper_runout_soon"}
 
@@ -76,6 +82,8 @@ class RuleHit:
 
     rule: str
     detail: str = field(default="", compare=False)
+    #: This occurrence's raise delay, when it differs from the rule's (see CLEAN_OFFLINE_GRACE_S).
+    raise_delay_s: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -130,13 +138,20 @@ def assess(
     online: bool,
     thresholds: Thresholds | None = None,
     active: Collection[str] = (),
+    offline_reason: str | None = None,
 ) -> Assessment:
     """Evaluate every status rule on one report. `active` holds the rules currently alerting
-    (for the paper_low clear margin); `online` comes from the ingest's presence tracker."""
+    (for the paper_low clear margin); `online` comes from the ingest's presence tracker, and
+    `offline_reason` (clean, will, timeout) with it."""
     th = thresholds or Thresholds()
     if not online:
         # The last report is stale: keep what we knew rather than decide on it.
-        return Assessment(frozenset({RuleHit("terminal_offline")}), STALE_WHEN_OFFLINE)
+        hit = (
+            RuleHit("terminal_offline", "clean shutdown", CLEAN_OFFLINE_GRACE_S)
+            if offline_reason == "clean"
+            else RuleHit("terminal_offline", offline_reason or "")
+        )
+        return Assessment(frozenset({hit}), STALE_WHEN_OFFLINE)
     if not isinstance(status, Mapping):
         return Assessment(frozenset(), STATUS_RULES)
     hits: set[RuleHit] = set()

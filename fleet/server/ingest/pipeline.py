@@ -547,7 +547,7 @@ class Pipeline:
         if tr.online:
             alerts += self.engine.update(tr.terminal, at, [], scope={"terminal_offline"})
         else:
-            a = assess(None, False)
+            a = assess(None, False, offline_reason=tr.reason)
             alerts += self.engine.update(tr.terminal, at, a.hits, a.unknown, scope=_STATUS_SCOPE)
         if self.bus is not None:
             self.bus.publish(
