@@ -74,6 +74,26 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     listing.set_defaults(func=run_list)
 
+    rotate = up_sub.add_parser(
+        "rotate-keys",
+        parents=[where],
+        help="replace the online keys (after a leak or a compromised server)",
+        description="Make new keys for the online roles (default: all three), sign a new root "
+        "that trusts them and revokes the old ones (this needs the root key), re-sign the "
+        "metadata and delete the old key files. Terminals follow the new root on their next "
+        "refresh; after a compromised server rotate all three.",
+    )
+    rotate.add_argument(
+        "--root-key-dir", required=True, metavar="DIR", help="where the root key is"
+    )
+    rotate.add_argument(
+        "--role",
+        action="append",
+        choices=("targets", "snapshot", "timestamp"),
+        help="a role to rotate (repeatable; default: all three)",
+    )
+    rotate.set_defaults(func=run_rotate)
+
     root = up_sub.add_parser(
         "root",
         parents=[where],
@@ -153,6 +173,30 @@ def run_init(args: argparse.Namespace) -> int:
         "`fleet updates init` and key rotation need it, and whoever holds it controls every "
         "terminal's updates"
     )
+    return 0
+
+
+def run_rotate(args: argparse.Namespace) -> int:
+    from tuf.api.exceptions import RepositoryError
+
+    from fleet.server.updates.repository import (
+        ONLINE_ROLES,
+        RepositoryStateError,
+        UpdateRepository,
+    )
+
+    repo = UpdateRepository(_repository(args).updates_dir, root_key_dir=Path(args.root_key_dir))
+    roles = tuple(args.role or ONLINE_ROLES)
+    try:
+        new = repo.rotate_online_keys(*roles)
+    except (RepositoryStateError, RepositoryError, ValueError) as e:
+        raise CliError(str(e)) from None
+    except OSError as e:
+        raise CliError(f"cannot rotate the keys: {e}") from None
+    version = repo.root().version
+    for role, keyids in new.items():
+        print(f"{role}: new key {', '.join(keyids)}")
+    print(f"root version {version} trusts them; terminals follow it on their next refresh")
     return 0
 
 

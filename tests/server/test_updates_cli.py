@@ -3,6 +3,7 @@ the TUF repository they are published in, read back by the agent's own client.""
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import os
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -25,7 +27,12 @@ from agent.update.layout import Layout, Manifest, read_manifest
 from agent.update.tuf_client import UpdateClient
 from fleet.cli import main
 from fleet.server.updates.bundle import build_bundle, read_bundle_version
-from fleet.server.updates.repository import UpdateRepository, metadata_dir, server_updates_dir
+from fleet.server.updates.repository import (
+    UpdateRepository,
+    metadata_dir,
+    online_key_dir,
+    server_updates_dir,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -333,9 +340,72 @@ def test_root_is_the_served_trust_anchor_for_the_agent(
         assert client.download(V).read_bytes() == bundle.read_bytes()
 
 
+def test_rotate_keys_replaces_every_online_key_and_old_terminals_follow(
+    tmp_path: Path, data_dir: Path, bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a compromised server: all three online keys rotated from the command line; a
+    terminal provisioned with the first root follows to the new one and still gets releases."""
+    assert fleet(capsys, "updates", "publish", bundle, "--data-dir", data_dir)[0] == 0
+    updates = server_updates_dir(data_dir)
+    first_root = (metadata_dir(updates) / "1.root.json").read_bytes()
+    with serving(updates / "repository") as url:
+        client = UpdateClient(tmp_path / "tuf", tmp_path / "bundles", url, first_root)
+        client.refresh()
+        assert client.find(V) is not None  # it trusts the old keys' metadata now
+    old_keys = sorted(p.name for p in online_key_dir(updates).iterdir())
+    status, out, err = fleet(
+        capsys, "updates", "rotate-keys", "--data-dir", data_dir, "--root-key-dir",
+        tmp_path / "offline",
+    )  # fmt: skip
+    assert status == 0, err
+    assert [line.split(":")[0] for line in out.splitlines()[:3]] == [
+        "targets",
+        "snapshot",
+        "timestamp",
+    ]
+    assert "root version 2" in out
+    new_keys = sorted(p.name for p in online_key_dir(updates).iterdir())
+    assert len(new_keys) == 3 and not set(new_keys) & set(old_keys)
+    with serving(updates / "repository") as url:
+        client = UpdateClient(tmp_path / "tuf", tmp_path / "bundles", url, first_root)
+        client.refresh()
+        assert client.download(V).read_bytes() == bundle.read_bytes()
+    # Without the root key nothing changes.
+    status, _, err = fleet(
+        capsys, "updates", "rotate-keys", "--data-dir", data_dir, "--root-key-dir",
+        tmp_path / "empty", "--role", "timestamp",
+    )  # fmt: skip
+    assert status == 2 and err.count("\n") == 1, err
+    assert sorted(p.name for p in online_key_dir(updates).iterdir()) == new_keys
+    assert not (metadata_dir(updates) / "3.root.json").exists()
+
+
 def test_errors_reach_the_user_without_a_traceback(tmp_path: Path) -> None:
     proc = fleet_process("updates", "build", "--version", "1.0", "--out", tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.decode() == "fleet updates: error: not an agent version: '1.0'\n"
     proc = fleet_process("updates", "publish", tmp_path / "nope.tar.gz", "--data-dir", tmp_path)
     assert proc.returncode == 2 and b"no such file" in proc.stderr
+
+
+def test_publish_waits_for_another_process_writing_the_repository(
+    data_dir: Path, bundle: Path
+) -> None:
+    """`fleet serve` re-signing while an operator publishes: one writer at a time (flock)."""
+    updates = server_updates_dir(data_dir)
+    fd = os.open(updates / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as the server's refresh does for a moment
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fleet", "updates", "publish", str(bundle), "--data-dir",
+             str(data_dir)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        time.sleep(2.0)
+        assert proc.poll() is None  # waiting for the lock
+        assert UpdateRepository(updates).targets().targets == {}
+    finally:
+        os.close(fd)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert b"published fleet-agent-1.4.0.tar.gz" in out

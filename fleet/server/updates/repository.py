@@ -22,17 +22,20 @@ below its role's threshold is never published. Online roles expire soon (timesta
 periodically (`keep_fresh`), so a terminal that sees an old timestamp knows it is being frozen.
 
 One writer at a time: operations hold a process-wide lock (the API's publish and the refresh
-loop share one process). Two server processes must not publish to the same directory.
+loop share one process) and an flock on `updates_dir/.lock` (the `fleet updates` command line
+publishing or rotating keys while `fleet serve` re-signs).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -232,7 +235,7 @@ class UpdateRepository(Repository):
         A published version is immutable: the same bytes again is a no-op, other bytes refused.
         """
         name = bundle_target_name(version)
-        with _LOCK:
+        with _writing(self.updates_dir):
             self._require_initialised()
             target = TargetFile.from_file(name, str(bundle), [HASH_ALGORITHM])
             target.unrecognized_fields["custom"] = {"version": version}
@@ -260,7 +263,7 @@ class UpdateRepository(Repository):
 
         A new targets version needs a new snapshot, which needs a new timestamp.
         """
-        with _LOCK:
+        with _writing(self.updates_dir):
             self._require_initialised()
             now = self.clock()
 
@@ -296,19 +299,31 @@ class UpdateRepository(Repository):
         unknown = set(roles) - set(ONLINE_ROLES)
         if not roles or unknown:
             raise RepositoryStateError(f"not online roles: {sorted(unknown) or 'none given'}")
-        with _LOCK:
+        with _writing(self.updates_dir):
             self._require_initialised()
             if self.root_key_dir is None:
                 raise RepositoryStateError("rotating keys needs the root key directory")
             current = self.root()
+            have = len(self._role_signers(ROOT, current))
+            need = current.roles[ROOT].threshold
+            if have < need:
+                raise RepositoryStateError(
+                    f"{self.root_key_dir} holds {have} of the {need} root keys a new root needs"
+                )
             old = {role: list(current.roles[role].keyids) for role in roles}
             new = {role: [self._new_key(self.online_key_dir) for _ in old[role]] for role in roles}
-            with self.edit_root() as root:
-                for role in roles:
-                    for keyid in old[role]:
-                        root.revoke_key(keyid, role)
-                    for signer in new[role]:
-                        root.add_key(signer.public_key, role)
+            try:
+                with self.edit_root() as root:
+                    for role in roles:
+                        for keyid in old[role]:
+                            root.revoke_key(keyid, role)
+                        for signer in new[role]:
+                            root.add_key(signer.public_key, role)
+            except BaseException:
+                for signer in (s for signers in new.values() for s in signers):
+                    self._signers.pop(signer.public_key.keyid, None)
+                    (self.online_key_dir / f"{signer.public_key.keyid}.pem").unlink(missing_ok=True)
+                raise
             if TARGETS in roles:
                 with self.edit_targets():
                     pass
@@ -346,7 +361,7 @@ def init_repository(
     if repo.initialised:
         raise RepositoryStateError(f"{updates_dir} already holds a TUF repository")
     counts = {role: 1 for role in TOP_LEVEL_ROLES} | dict(keys or {})
-    with _LOCK:
+    with _writing(repo.updates_dir):
         with repo.edit_root() as root:
             for role in TOP_LEVEL_ROLES:
                 key_dir = root_key_dir if role == ROOT else repo.online_key_dir
@@ -359,8 +374,31 @@ def init_repository(
     return repo
 
 
-#: One writer per process (see the module docstring).
+#: One writer per process (see the module docstring), and how deep this thread holds it.
 _LOCK = threading.RLock()
+_DEPTH = threading.local()
+
+
+@contextlib.contextmanager
+def _writing(updates_dir: Path) -> Iterator[None]:
+    """The process lock, and the directory's flock on the outermost entry (flock is not
+    reentrant across file descriptors)."""
+    with _LOCK:
+        depth = getattr(_DEPTH, "n", 0)
+        _DEPTH.n = depth + 1
+        try:
+            if depth:
+                yield
+                return
+            updates_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(updates_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+        finally:
+            _DEPTH.n = depth
 
 
 def _tmp_path(path: Path) -> Path:
