@@ -212,12 +212,38 @@ async def test_a_terminal_that_has_not_started_waits_for_the_next_window(db: str
     r.clock.advance(hours=7)  # 18:00: closed again
     await r.engine.tick()
     assert r.with_version() == ["T01", "T02"]
+    # Offered again from now: its timeout counts from the window's opening, not the wave's.
+    t02 = await RolloutTerminal.get(rollout_id=ro.id, terminal_id="T02")
+    assert t02.started_at == r.clock.now and t02.state == UpdateState.PENDING
     await r.send("T02", "update_succeeded", version=VERSION)
     await r.send("T01", "update_succeeded", version=VERSION)
     assert (await Rollout.get(id=ro.id)).state == RolloutState.COMPLETED
     r.clock.advance(hours=16)  # the next morning: succeeded terminals keep their version
     await r.engine.tick()
     assert r.with_version() == ["T01", "T02"]
+
+
+async def test_a_waiting_terminal_does_not_time_out_while_the_window_is_closed(db: str) -> None:
+    r = await rig(Clock(AFTERNOON))  # 14:00: the hall is open
+    window = {"start": "13:00", "end": "15:00", "tz": "Asia/Shanghai"}
+    ro = await r.engine.create(
+        spec(target={"terminals": ["T01"]}, waves=[1], window=window, per_terminal_timeout_s=1800),
+        "a",
+    )
+    await r.engine.tick()
+    r.clock.advance(hours=1, minutes=10)  # 15:10: window closed, 70 min after the start
+    await r.engine.tick()
+    row = await RolloutTerminal.get(rollout_id=ro.id, terminal_id="T01")
+    assert row.state == UpdateState.PENDING and r.with_version() == []
+    r.clock.advance(hours=22)  # 13:10 the next day: open again, offered again
+    await r.engine.tick()
+    assert r.with_version() == ["T01"]
+    r.clock.advance(minutes=29)
+    await r.engine.tick()
+    assert (await RolloutTerminal.get(id=row.id)).state == UpdateState.PENDING
+    r.clock.advance(minutes=2)  # 31 min after the window opened
+    await r.engine.tick()
+    assert (await RolloutTerminal.get(id=row.id)).state == UpdateState.TIMED_OUT
 
 
 async def test_an_explicit_window_and_the_override(db: str) -> None:

@@ -7,7 +7,8 @@ an admin or by the failure rules. One active (pending, running or paused) rollou
 Starting a wave stamps its terminals' `started_at`; their desired-state documents are then
 recomputed, and carry `"agent": {"version": V}` (targets.py) while the window is open; a
 terminal that has not started on it loses it again while the window is closed (each tick
-republishes at the window's edges), so an offline kiosk coming back during service hours waits.
+republishes at the window's edges), so an offline kiosk coming back during service hours waits;
+its timeout does not run meanwhile and starts again (`started_at`) when the window reopens.
 Agents report progress as `event` messages (`fleet/v1/t/{id}/event`), consumed here (see
 `UPDATE_EVENTS`):
 
@@ -19,7 +20,8 @@ Agents report progress as `event` messages (`fleet/v1/t/{id}/event`), consumed h
 
 An event naming another `version` than the rollout's is ignored, as is progress after a final
 result. A terminal of a started wave with no final result within `per_terminal_timeout_s` of the
-wave's start becomes `timed_out`. Failed, rolled back and timed out all count as failures.
+wave's start (or of the window's reopening, for one still pending) becomes `timed_out`.
+Failed, rolled back and timed out all count as failures.
 
 Advancing (after every event, on every tick, on resume): a failure limit passed (`max_failures`
 failures, or `max_failure_pct` percent of the started terminals, counting only failures since the
@@ -291,12 +293,19 @@ class RolloutEngine:
             now = self.clock()
             active = await Rollout.filter(state__in=list(ACTIVE_ROLLOUT_STATES))
             for r in active:
+                await self._window_edge(r)
                 limit = now - timedelta(seconds=r.per_terminal_timeout_s)
+                # A pending terminal is not offered the version while the window is closed, so
+                # its time does not run then (and starts again when the window opens).
+                waiting_ok = self.window_open(r.window, r.override_window)
+                states = (
+                    IN_PROGRESS if waiting_ok else (UpdateState.DOWNLOADING, UpdateState.INSTALLING)
+                )
                 late = await RolloutTerminal.filter(
                     rollout_id=r.id,
                     started_at__isnull=False,
                     started_at__lt=limit,
-                    state__in=list(IN_PROGRESS),
+                    state__in=list(states),
                 )
                 for row in late:
                     row.state = UpdateState.TIMED_OUT
@@ -307,7 +316,6 @@ class RolloutEngine:
                     if self.metrics is not None:
                         self.metrics.rollout_results.labels(UpdateState.TIMED_OUT.value).inc()
                 await self._recompute([x.terminal_id for x in late], "rollout: update timed out")
-                await self._window_edge(r)
                 await self._advance(r)
                 await self._refresh_metrics(r)
             for gone in set(self._window_was_open) - {r.id for r in active}:
@@ -321,9 +329,13 @@ class RolloutEngine:
         self._window_was_open[r.id] = is_open
         if was_open is None or was_open == is_open:
             return  # first look (documents were computed with the window as it is) or no edge
-        waiting = await RolloutTerminal.filter(
+        pending = RolloutTerminal.filter(
             rollout_id=r.id, started_at__isnull=False, state=UpdateState.PENDING
-        ).values_list("terminal_id", flat=True)
+        )
+        waiting = await pending.values_list("terminal_id", flat=True)
+        if is_open:  # offered again from now: its timeout counts from here
+            now = self.clock()
+            await pending.update(started_at=now, updated_at=now)
         edge = "opened" if is_open else "closed"
         await self._recompute([str(t) for t in waiting], f"rollout {r.id}: window {edge}")
 
