@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
-from typing import Any
 
-import httpx
-
+from fleet.api_client import api_call, api_options
 from fleet.cli_common import CliError, read_text, warn
 from fleet.firmware import FirmwareConfigError, firmware_dir, load_model, model_files
 
@@ -91,23 +88,12 @@ def run_validate(args: argparse.Namespace) -> int:
 _SCOPES = {"model": "models", "site": "sites", "terminal": "terminals"}
 
 
-def _api_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--url",
-        default=os.environ.get("FLEET_URL", "http://127.0.0.1:8000"),
-        help="the server (default $FLEET_URL, else http://127.0.0.1:8000)",
-    )
-    p.add_argument(
-        "--token", default=os.environ.get("FLEET_TOKEN"), help="API token (default $FLEET_TOKEN)"
-    )
-
-
 def _add_get(config_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     g = config_sub.add_parser("get", help="print a configuration layer or a terminal's document")
     g.add_argument(
         "layer", metavar="LAYER", help="defaults | model/ID | site/ID | terminal/ID[/desired]"
     )
-    _api_options(g)
+    api_options(g)
     g.set_defaults(func=run_get)
 
 
@@ -115,7 +101,7 @@ def _add_set(config_sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     st = config_sub.add_parser("set", help="replace a configuration layer (admin)")
     st.add_argument("layer", metavar="LAYER", help="defaults | model/ID | site/ID | terminal/ID")
     st.add_argument("file", metavar="FILE", help="JSON object of settings, - for stdin")
-    _api_options(st)
+    api_options(st)
     st.set_defaults(func=run_set)
 
 
@@ -130,31 +116,8 @@ def layer_path(layer: str) -> str:
     raise CliError(f"{layer!r} is not defaults, model/ID, site/ID or terminal/ID[/desired]")
 
 
-def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
-    if not args.token:
-        raise CliError("no API token: pass --token or set FLEET_TOKEN")
-    try:
-        r = httpx.request(
-            method,
-            args.url.rstrip("/") + path,
-            json=body,
-            headers={"Authorization": f"Bearer {args.token}"},
-            timeout=120,
-            trust_env=False,
-        )
-    except httpx.HTTPError as e:
-        raise CliError(f"cannot reach {args.url}: {e}") from None
-    if r.status_code >= 400:
-        try:
-            detail = r.json().get("detail", r.text)
-        except ValueError:
-            detail = r.text
-        raise CliError(f"{method} {path}: {r.status_code}: {detail}")
-    return r.json()
-
-
 def run_get(args: argparse.Namespace) -> int:
-    print(json.dumps(_call(args, "GET", layer_path(args.layer)), ensure_ascii=False, indent=2))
+    print(json.dumps(api_call(args, "GET", layer_path(args.layer)), ensure_ascii=False, indent=2))
     return 0
 
 
@@ -169,7 +132,7 @@ def run_set(args: argparse.Namespace) -> int:
         raise CliError(f"{args.file}: not JSON ({e})") from None
     if not isinstance(layer, dict):
         raise CliError(f"{args.file}: a layer is a JSON object of settings")
-    out = _call(args, "PUT", path, layer)
+    out = api_call(args, "PUT", path, layer)
     for r in out.get("results", []):
         where = f"version {r['version']}" if r.get("version") else (r.get("error") or "")
         print(f"{r['terminal']}\t{r['result']}\t{where}")

@@ -24,8 +24,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from fleet.api_client import api_call, api_options
 from fleet.cli_common import CliError
-from fleet.config_cli import _api_options, _call
 
 #: Terminal states in the order of a rollout's progress (the API's UpdateState).
 STATES = (
@@ -68,18 +68,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     c.add_argument(
         "--override-window", action="store_true", help="start waves outside the maintenance window"
     )
-    _api_options(c)
+    api_options(c)
     c.set_defaults(func=run_create)
 
     ls = rsub.add_parser("list", help="rollouts, newest first")
     ls.add_argument("--json", action="store_true", help="print the API's JSON")
-    _api_options(ls)
+    api_options(ls)
     ls.set_defaults(func=run_list)
 
     sh = rsub.add_parser("show", help="a rollout with every terminal's state")
     sh.add_argument("id", type=int, metavar="ID")
     sh.add_argument("--json", action="store_true", help="print the API's JSON")
-    _api_options(sh)
+    api_options(sh)
     sh.set_defaults(func=run_show)
 
     for name, text in (
@@ -92,7 +92,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         if name != "resume":
             a.add_argument("--reason", default="", help="recorded with the rollout")
         a.add_argument("--json", action="store_true", help="print the API's JSON")
-        _api_options(a)
+        api_options(a)
         a.set_defaults(func=run_control, action=name)
 
 
@@ -211,13 +211,13 @@ def run_create(args: argparse.Namespace) -> int:
     body = create_body(args)
     if not any(body["target"].values()):
         raise CliError("no target: give --site, --model, --tag or --terminal")
-    r = _call(args, "POST", "/api/v1/rollouts", body)
+    r = api_call(args, "POST", "/api/v1/rollouts", body)
     print("\n".join(describe(r)))
     return 0
 
 
 def run_list(args: argparse.Namespace) -> int:
-    page = _call(args, "GET", "/api/v1/rollouts?limit=500")
+    page = api_call(args, "GET", "/api/v1/rollouts?limit=500")
     if args.json:
         _dump(page)
         return 0
@@ -241,7 +241,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    r = _call(args, "GET", f"/api/v1/rollouts/{args.id}")
+    r = api_call(args, "GET", f"/api/v1/rollouts/{args.id}")
     if args.json:
         _dump(r)
     else:
@@ -252,7 +252,7 @@ def run_show(args: argparse.Namespace) -> int:
 def run_control(args: argparse.Namespace) -> int:
     reason = getattr(args, "reason", "")
     body = {"reason": reason} if reason else None
-    r = _call(args, "POST", f"/api/v1/rollouts/{args.id}/{args.action}", body)
+    r = api_call(args, "POST", f"/api/v1/rollouts/{args.id}/{args.action}", body)
     if args.json:
         _dump(r)
     else:
