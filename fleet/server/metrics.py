@@ -60,6 +60,8 @@ class FleetSnapshot:
     alerts: Mapping[tuple[str, str], int] = field(default_factory=dict)
     #: terminal -> seconds its reported applied document has differed from its latest desired one.
     drift: Mapping[str, float] = field(default_factory=dict)
+    #: agent version (as reported; "unknown" before the first report) -> number of terminals.
+    agent_versions: Mapping[str, int] = field(default_factory=dict)
 
 
 SnapshotSource = Callable[[], Awaitable[FleetSnapshot]]
@@ -69,15 +71,19 @@ async def snapshot_from_db() -> FleetSnapshot:
     """Fleet state from the database: one pass over the terminal table, one grouped alert query."""
     terminals: Tally[tuple[str, str]] = Tally()
     paper: dict[tuple[str, str], float] = {}
-    rows = await Terminal.all().values_list("id", "site_id", "online", "printer_state", "paper_pct")
-    for tid, site, online, printer_state, paper_pct in rows:
+    versions: Tally[str] = Tally()
+    rows = await Terminal.all().values_list(
+        "id", "site_id", "online", "printer_state", "paper_pct", "agent_version"
+    )
+    for tid, site, online, printer_state, paper_pct, agent in rows:
         terminals[(site, terminal_state(bool(online), printer_state))] += 1
+        versions[str(agent or "unknown")] += 1
         if paper_pct is not None:
             paper[(tid, site)] = paper_pct / 100.0
     alert_rows = await Alert.filter(active_key=1).values_list("rule", "severity")
     alerts = Tally((str(rule), str(sev)) for rule, sev in alert_rows)
     drift = await drift_seconds(datetime.now(UTC))
-    return FleetSnapshot(dict(terminals), paper, dict(alerts), drift)
+    return FleetSnapshot(dict(terminals), paper, dict(alerts), drift, dict(versions))
 
 
 class FleetStateCollector(Collector):
@@ -125,6 +131,14 @@ class FleetStateCollector(Collector):
         for tid, seconds in sorted(snap.drift.items()):
             drift.add_metric([tid], seconds)
         yield drift
+        versions = GaugeMetricFamily(
+            "fleet_agent_version_terminals",
+            "Terminals by the agent version they last reported (a rollout's progress)",
+            labels=["version"],
+        )
+        for version, n in sorted(snap.agent_versions.items()):
+            versions.add_metric([version], n)
+        yield versions
         if self._bus is not None:
             yield GaugeMetricFamily(
                 "fleet_events_subscribers",

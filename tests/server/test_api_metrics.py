@@ -42,6 +42,7 @@ async def test_fleet_state_families(api: Api) -> None:
     assert alerts[("terminal_offline", "critical")] == 1
     assert alerts[("jam", "critical")] == 0  # cleared ones do not count, quiet rules stay at 0
     assert {rule for rule, _ in alerts} == set(RULES)
+    assert _values(families["fleet_agent_version_terminals"], "version") == {("1.2.0",): 5}
 
 
 async def test_ingest_instruments_and_process_metrics(api: Api) -> None:

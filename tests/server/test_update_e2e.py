@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from agent.update.layout import COMMITTED, CURRENT, Layout
 from agent.update.state import State, StateStore
@@ -201,6 +202,16 @@ def rollout(
     return call(s, token, "POST", "/api/v1/rollouts", body)  # type: ignore[no-any-return]
 
 
+def version_count(s: Server) -> dict[str, float]:
+    """fleet_agent_version_terminals from /metrics: version -> terminals."""
+    return {
+        smp.labels["version"]: smp.value
+        for family in text_string_to_metric_families(s.get("/metrics"))
+        if family.name == "fleet_agent_version_terminals"
+        for smp in family.samples
+    }
+
+
 def running_version(s: Server, tid: str) -> str | None:
     t = s.get(f"/api/v1/terminals/{tid}")
     return (t.get("versions") or {}).get("agent") or t.get("agent_version")
@@ -230,6 +241,9 @@ def test_a_good_release_reaches_every_wave_and_a_bad_one_stops_at_the_canary(
         layout = Layout(root)
         assert layout.resolve(CURRENT) == layout.resolve(COMMITTED) == "1.1.0", tid
         assert StateStore(root).load().state == State.IDLE, tid  # outcome reported once
+    wait_until(
+        lambda: version_count(s).get("1.1.0") == 4, 20, "the version metric to show 4 on 1.1.0"
+    )
 
     # A bad release: the canary rolls back, the rollout pauses before its second wave.
     publish(s, tmp_path, "1.2.0", broken=True)
