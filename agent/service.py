@@ -173,14 +173,13 @@ def _run(cfg: AgentConfig) -> int:
         stop.set()
         reporter.kick()
 
-    commands_ref: list[CommandWorker] = []
     update_worker = _update_worker(
         cfg,
         updater,
         version,
         reporter,
         request_restart,
-        idle=lambda: all(c.idle() for c in commands_ref),
+        idle=lambda: commands is None or commands.idle(),
     )
     applier = Applier(
         terminal_id=cfg.terminal_id,
@@ -202,7 +201,6 @@ def _run(cfg: AgentConfig) -> int:
         ),
         publish=lambda msg: link.publish("cmd/result", _dumps(msg)),
     )
-    commands_ref.append(commands)
     if outbox.recovered:
         # Say so on the wire too: the server sees why seq may jump or restart.
         reporter.emit("outbox_reset", detail=outbox.recovered)
