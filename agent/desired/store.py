@@ -31,6 +31,7 @@ from pathlib import Path
 
 import rust_core
 from agent.desired.document import DocumentError, Opened, open_envelope, sha256_hex
+from agent.durable import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class DesiredStore:
                 for sha, data in blobs.items():
                     _write_synced(self.templates_dir / f"{sha}.json", data)
                     self._step("template")
-                _fsync_dir(self.templates_dir)
+                fsync_dir(self.templates_dir)
                 self._step("templates_synced")
             tmp = self.root / (CURRENT + TMP)
             _write(tmp, raw)
@@ -140,7 +141,7 @@ class DesiredStore:
                 self._step("previous")
             os.replace(tmp, self.root / CURRENT)
             self._step("current")
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             self._step("synced")
         except OSError as e:
             raise StoreError(f"cannot store the desired document: {e.strerror or e}") from e
@@ -174,7 +175,7 @@ class DesiredStore:
         if path.is_dir():
             return
         path.mkdir(parents=True, exist_ok=True)
-        _fsync_dir(path.parent)  # the new directory's own entry must survive a power cut
+        fsync_dir(path.parent)  # the new directory's own entry must survive a power cut
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -194,11 +195,3 @@ def _write_synced(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + TMP)
     _write(tmp, data)
     os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -27,7 +27,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from agent.update.layout import write_atomic
+from agent.durable import write_atomic
 from agent.update.state import CorruptState, State, StateStore
 
 log = logging.getLogger(__name__)

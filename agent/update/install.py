@@ -32,13 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from agent.update.layout import (
-    BundleError,
-    Layout,
-    fsync_dir,
-    read_manifest,
-    remove_tree,
-)
+from agent.durable import fsync_dir
+from agent.update.layout import BundleError, Layout, read_manifest, remove_tree
 
 CHUNK = 1 << 16
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)

@@ -32,6 +32,8 @@ from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import TargetFile
 from tuf.ngclient import Updater, UpdaterConfig, Urllib3Fetcher
 
+from agent.durable import fsync_dir
+
 #: Agent versions as the release process writes them: 1.3.0, 1.4.0rc1, 2.0.0-beta.2.
 VERSION_RE = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+(?:[-.+]?[A-Za-z0-9]+(?:\.[A-Za-z0-9]+)*)?$")
 METADATA_PREFIX = "metadata/"
@@ -253,18 +255,10 @@ class UpdateClient:
             with partial.open("rb") as f:
                 os.fsync(f.fileno())
             os.replace(partial, final)
-            _fsync_dir(self.targets_dir)
+            fsync_dir(self.targets_dir)
         except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as exc:
             raise refusal(exc) from exc
         finally:
             with contextlib.suppress(FileNotFoundError):
                 partial.unlink()
         return final
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

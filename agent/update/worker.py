@@ -34,8 +34,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from agent.durable import write_atomic
 from agent.update.install import InstallError
-from agent.update.layout import check_version, write_atomic
+from agent.update.layout import check_version
 from agent.update.state import BEFORE_SWITCH, CorruptState, State
 from agent.update.tuf_client import UpdateClient, UpdateRefused
 from agent.update.updater import UpdateError, Updater

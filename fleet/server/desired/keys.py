@@ -9,10 +9,10 @@ since every kiosk is provisioned with its public half and a new key means re-pro
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import rust_core
+from agent.durable import write_atomic
 from fleet.server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,8 @@ def load_config_key(settings: Settings) -> rust_core.SigningKey:
                 "trusts its public half), or set FLEET_DEV_MODE=1 on a development machine"
             )
         key = rust_core.SigningKey.generate("EdDSA")
-        _write_private(path, key.to_pem())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, key.to_pem().encode(), mode=0o600)
         log.warning("dev mode: made a new config key at %s", path)
         return key
     try:
@@ -51,14 +52,3 @@ def load_config_key(settings: Settings) -> rust_core.SigningKey:
     if key.alg != "EdDSA":
         raise ConfigKeyError(f"config key {path}: must be EdDSA, not {key.alg}")
     return key
-
-
-def _write_private(path: Path, pem: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(pem)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import rust_core
-from fleet.server.desired.keys import _write_private
+from agent.durable import write_atomic
 from fleet.server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,8 @@ def load_issuer(settings: Settings) -> Issuer:
                 "public half), or set FLEET_DEV_MODE=1 on a development machine"
             )
         key = rust_core.SigningKey.generate(settings.issuer_key_alg)
-        _write_private(path, key.to_pem())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, key.to_pem().encode(), mode=0o600)
         log.warning("dev mode: made a new %s issuing key at %s", key.alg, path)
     else:
         try:

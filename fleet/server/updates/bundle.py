@@ -19,7 +19,8 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 import agent
-from agent.update.layout import DEFAULT_MODULE, MANIFEST, check_version, write_atomic
+from agent.durable import write_atomic
+from agent.update.layout import DEFAULT_MODULE, MANIFEST, check_version
 from agent.update.tuf_client import bundle_target_name
 
 DISTRIBUTION_DIR = "kiosk_fleet-{version}.dist-info"

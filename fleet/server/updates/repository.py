@@ -55,6 +55,7 @@ from tuf.api.metadata import (
 from tuf.api.serialization.json import JSONSerializer
 from tuf.repository import Repository
 
+from agent.durable import fsync_dir, write_atomic
 from agent.update.tuf_client import bundle_target_name
 
 ROOT: Final = Root.type
@@ -411,20 +412,9 @@ def _fsync_replace(tmp: Path, path: Path) -> None:
     with tmp.open("rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(path.parent)
 
 
 def _write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700 if mode == 0o600 else 0o755)
-    tmp = _tmp_path(path)
-    try:
-        tmp.chmod(mode)
-        tmp.write_bytes(data)
-        _fsync_replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, data, mode=mode)
