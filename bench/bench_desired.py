@@ -20,6 +20,7 @@ FAIL (exit 1) when a terminal does not apply within the timeout, or the slowest 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -30,6 +31,8 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +102,68 @@ def wait_for(what: str, check: Any, timeout: float, every: float = 0.05) -> floa
     raise TimeoutError(what)
 
 
+@dataclass
+class Demo:
+    """The product as `make run` starts it (`fleet demo-fleet`), with an admin token."""
+
+    data: Path
+    url: str
+    token: str
+    settings: Settings
+
+
+@contextlib.contextmanager
+def running_demo(prefix: str, terminals: int, ready_s: float) -> Iterator[Demo]:
+    """`fleet demo-fleet` with `terminals` simulated terminals in a new folder, until the end."""
+    data = Path(tempfile.mkdtemp(prefix=prefix))
+    port = free_port()
+    env = {**os.environ, "FLEET_DEV_MODE": "1", "FLEET_DATA_DIR": str(data)}
+    log = (data / "demo.log").open("wb")
+    demo = subprocess.Popen(
+        [str(BIN / "fleet"), "demo-fleet", "--dir", str(data), "--terminals", str(terminals),
+         "--port", str(port), "--status-interval", "60"],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    try:
+        wait_for(
+            "the fleet", lambda: "Admin token" in (data / "demo.log").read_text(), ready_s, 0.2
+        )
+        token = re.search(r"Admin token: +(\S+)", (data / "demo.log").read_text())
+        assert token is not None
+        yield Demo(
+            data, f"http://127.0.0.1:{port}", token.group(1), Settings(dev_mode=True, data_dir=data)
+        )
+    finally:
+        demo.terminate()
+        try:
+            demo.wait(60)
+        except subprocess.TimeoutExpired:
+            demo.kill()
+        log.close()
+
+
+@contextlib.contextmanager
+def server_subscriber(
+    demo: Demo, client_id: str, topic: str, on_message: Callable[..., None]
+) -> Iterator[mqtt.Client]:
+    """An MQTT 5 client with the server's broker credentials, subscribed to `topic`."""
+    host, port = BrokerFiles(demo.data / BROKER_SUBDIR).listener()
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
+    )
+    s = demo.settings
+    client.username_pw_set(s.broker_admin_user, s.broker_admin_password.get_secret_value())
+    client.on_message = on_message
+    client.connect(host, port)
+    client.subscribe(topic, qos=1)
+    client.loop_start()
+    try:
+        yield client
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--terminals", type=int, default=1000)
@@ -108,41 +173,14 @@ def main() -> int:
     args = p.parse_args()
     n = args.terminals
 
-    data = Path(tempfile.mkdtemp(prefix="bench-desired-"))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "FLEET_DEV_MODE": "1", "FLEET_DATA_DIR": str(data)}
-    log = (data / "demo.log").open("wb")
-    demo = subprocess.Popen(
-        [str(BIN / "fleet"), "demo-fleet", "--dir", str(data), "--terminals", str(n),
-         "--port", str(port), "--status-interval", "60"],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
-    )  # fmt: skip
     figures: dict[str, Any] = {"terminals": n, "changes": []}
     failed = False
-    client: mqtt.Client | None = None
-    try:
-        wait_for("the fleet", lambda: "Operator token" in (data / "demo.log").read_text(), 120, 0.2)
-        made = subprocess.run(
-            [str(BIN / "fleet"), "tokens", "create", "--role", "admin", "--name", "bench"],
-            env=env, capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        token = made.stdout.strip().splitlines()[-1].split()[-1]
-        settings = Settings(dev_mode=True, data_dir=data)
-        host, mqtt_port = BrokerFiles(data / BROKER_SUBDIR).listener()
-        reports = Reports()
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id="bench-reported",
-            protocol=MQTTProtocolVersion.MQTTv5,
-        )  # fmt: skip
-        client.username_pw_set(
-            settings.broker_admin_user, settings.broker_admin_password.get_secret_value()
-        )
-        client.on_message = reports.on_message
-        client.connect(host, mqtt_port)
-        client.subscribe("fleet/v1/t/+/reported", qos=1)
-        client.loop_start()
-
+    reports = Reports()
+    with (
+        running_demo("bench-desired-", n, ready_s=120) as demo,
+        server_subscriber(demo, "bench-reported", "fleet/v1/t/+/reported", reports.on_message),
+    ):
+        url, token = demo.url, demo.token
         # Start line: every terminal has applied its first document, the server sees no drift.
         t0 = time.monotonic()
         wait_for(
@@ -201,16 +239,6 @@ def main() -> int:
             failed = failed or worst >= TARGET_S
         if reports.refused:
             print(f"note: {len(reports.refused)} refusals, e.g. {reports.refused[:3]}")
-    finally:
-        if client is not None:
-            client.loop_stop()
-            client.disconnect()
-        demo.terminate()
-        try:
-            demo.wait(60)
-        except subprocess.TimeoutExpired:
-            demo.kill()
-        log.close()
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     print("FAIL" if failed else "PASS")

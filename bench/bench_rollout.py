@@ -29,12 +29,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sqlite3
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from datetime import datetime
@@ -42,18 +39,20 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.sim.sites import layout  # noqa: E402
 from agent.version import agent_version  # noqa: E402
-from bench.bench_desired import BIN, drift, http, wait_for  # noqa: E402
+from bench.bench_desired import (  # noqa: E402
+    drift,
+    http,
+    running_demo,
+    server_subscriber,
+    wait_for,
+)
 from fleet.demo_fleet import next_patch  # noqa: E402
-from fleet.server.broker import free_port  # noqa: E402
-from fleet.server.broker_files import BROKER_SUBDIR, BrokerFiles  # noqa: E402
-from fleet.server.settings import Settings  # noqa: E402
 from fleet.server.updates.bundle import build_bundle  # noqa: E402
 from fleet.server.updates.repository import UpdateRepository, server_updates_dir  # noqa: E402
 
@@ -218,42 +217,15 @@ def main() -> int:
     args = p.parse_args()
     n = args.terminals
 
-    data = Path(tempfile.mkdtemp(prefix="bench-rollout-"))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "FLEET_DEV_MODE": "1", "FLEET_DATA_DIR": str(data)}
-    log = (data / "demo.log").open("wb")
-    demo = subprocess.Popen(
-        [str(BIN / "fleet"), "demo-fleet", "--dir", str(data), "--terminals", str(n),
-         "--port", str(port), "--status-interval", "60"],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
-    )  # fmt: skip
     figures: dict[str, Any] = {"terminals": n, "waves_spec": WAVES, "rollouts": []}
     failed = False
-    client: mqtt.Client | None = None
-    try:
-        wait_for("the fleet", lambda: "Operator token" in (data / "demo.log").read_text(), 180, 0.2)
-        made = subprocess.run(
-            [str(BIN / "fleet"), "tokens", "create", "--role", "admin", "--name", "bench"],
-            env=env, capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        token = made.stdout.strip().splitlines()[-1].split()[-1]
-        settings = Settings(dev_mode=True, data_dir=data)
-        db = Path(settings.database_url.removeprefix("sqlite://"))
-        host, mqtt_port = BrokerFiles(data / BROKER_SUBDIR).listener()
-        events = UpdateEvents()
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id="bench-rollout",
-            protocol=MQTTProtocolVersion.MQTTv5,
-        )  # fmt: skip
-        client.username_pw_set(
-            settings.broker_admin_user, settings.broker_admin_password.get_secret_value()
-        )
-        client.on_message = events.on_message
-        client.connect(host, mqtt_port)
-        client.subscribe("fleet/v1/t/+/event", qos=1)
-        client.loop_start()
-
+    events = UpdateEvents()
+    with (
+        running_demo("bench-rollout-", n, ready_s=180) as demo,
+        server_subscriber(demo, "bench-rollout", "fleet/v1/t/+/event", events.on_message),
+    ):
+        url, token, data = demo.url, demo.token, demo.data
+        db = Path(demo.settings.database_url.removeprefix("sqlite://"))
         t0 = time.monotonic()
         # Start line: every terminal online and its first document applied, as the server sees it.
         online = url + "/api/v1/terminals?state=online&limit=1"
@@ -315,16 +287,6 @@ def main() -> int:
                 f"{med['floor_s']:.2f} s; ratio {med['ratio']:.2f}; "
                 f"{med['events_stored']:.0f}/{3 * n} update events stored"
             )
-    finally:
-        if client is not None:
-            client.loop_stop()
-            client.disconnect()
-        demo.terminate()
-        try:
-            demo.wait(60)
-        except subprocess.TimeoutExpired:
-            demo.kill()
-        log.close()
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     print("FAIL" if failed else "PASS")
