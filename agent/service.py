@@ -118,17 +118,16 @@ def _run(cfg: AgentConfig) -> int:
     updater = (
         Updater(Path(os.environ[UPDATE_ROOT_ENV])) if os.environ.get(UPDATE_ROOT_ENV) else None
     )
-    reporter_ref: list[Reporter] = []
 
     def status_acked() -> None:
         was_armed = probe.armed
         probe.mark("status_published")
-        if updater is not None and reporter_ref:
-            _report_update_outcome(updater, reporter_ref[0])
+        if updater is not None:  # (the link starts after the reporter exists)
+            _report_update_outcome(updater, reporter)
             if was_armed and not probe.armed:
                 # Proven: the launcher commits within its poll; say so now, not at the next report.
                 threading.Thread(
-                    target=_await_outcome, args=(updater, reporter_ref[0]), daemon=True
+                    target=_await_outcome, args=(updater, reporter), daemon=True
                 ).start()
 
     applier: Applier | None = None
@@ -161,7 +160,6 @@ def _run(cfg: AgentConfig) -> int:
         wake=link.wake,
         on_devices_ok=lambda: probe.mark("drivers_ok"),
     )
-    reporter_ref.append(reporter)
     if updater is not None:
         _report_update_outcome(updater, reporter)
     stop = threading.Event()
