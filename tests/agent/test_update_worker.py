@@ -97,10 +97,19 @@ def test_the_running_version_or_no_version_does_nothing(rig: Rig) -> None:
     w = rig.worker()
     w.want("1.0.0", 3)
     w.want(None, 4)
+    assert w._pending is None  # nothing queued for the worker
+    w.want("1.1.0", 5)  # not published: the worker acts on it, and says so
+    assert w._pending == ("1.1.0", 5)
     w.start()
+    deadline = time.monotonic() + 10
+    while len(rig.events) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
     w.stop()
-    assert rig.events == [] and rig.restarts == 0
-    assert not (rig.tmp / "data" / "update" / "attempt.json").exists()
+    # Only 1.1.0 was handled: one attempt, recorded for document 5.
+    assert rig.kinds() == ["update_downloading", "update_failed"]
+    assert rig.events[0][1]["version"] == "1.1.0" and rig.restarts == 0
+    attempt = json.loads((rig.tmp / "data" / "update" / "attempt.json").read_text())
+    assert (attempt["version"], attempt["document"]) == ("1.1.0", 5)
 
 
 def test_a_release_is_attempted_once_per_document(rig: Rig) -> None:
