@@ -147,7 +147,7 @@ def server_subscriber(
     demo: Demo, client_id: str, topic: str, on_message: Callable[..., None]
 ) -> Iterator[mqtt.Client]:
     """An MQTT 5 client with the server's broker credentials, subscribed to `topic`."""
-    host, port = BrokerFiles(demo.data / BROKER_SUBDIR).listener()
+    host, port = BrokerFiles(demo.data / BROKER_SUBDIR).server_listener()
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
     )

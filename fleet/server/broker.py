@@ -1,8 +1,10 @@
 """The fleet server's own Mosquitto: generated config, users, ACL, and a supervisor to restart it.
 
-Used when no broker URL is configured (one machine). The broker listens on loopback by default,
-accepts only users in its password file (the server's user and one per terminal, named by the
-terminal id) and enforces the ACL of `broker_config.render_acl`.
+Used when no broker URL is configured (one machine). Two listeners (`broker_config.render_config`):
+the terminals' one (loopback by default), where each terminal's username is its id and also its
+client id, under the ACL of `broker_config.render_acl`; and the server's own on loopback, where
+only the server's user exists. The supervisor reads Mosquitto's log and counts what matters for
+security (`BrokerLog`): session takeovers and refused logins.
 
 Restarting keeps the port, the users and the persistence file, so terminals and the server's
 persistent session reconnect to the same broker and find their queued messages.
@@ -15,18 +17,21 @@ import collections
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 from fleet.server.broker_config import QueueLimits
 from fleet.server.broker_files import (
     BROKER_SUBDIR,
+    SERVER_BIND_ADDRESS,
     BrokerError,
     BrokerFiles,
     check_password,
@@ -38,6 +43,7 @@ from fleet.server.broker_files import (
 __all__ = ["BROKER_SUBDIR", "BrokerError", "EmbeddedBroker", "free_port"]
 
 log = logging.getLogger("fleet.broker")
+SERVER_HOST = SERVER_BIND_ADDRESS
 mosquitto_log = logging.getLogger("fleet.broker.mosquitto")
 
 
@@ -66,7 +72,9 @@ class EmbeddedBroker:
         server_password: str = "",
         *,
         bind_address: str = "127.0.0.1",
+        server_port: int | None = None,
         limits: QueueLimits | None = None,
+        on_event: Callable[[str], None] | None = None,
         max_backoff_s: float = 10.0,
         ready_timeout_s: float = 10.0,
         mosquitto: str | None = None,
@@ -80,7 +88,12 @@ class EmbeddedBroker:
         self.files = BrokerFiles(self.dir, mosquitto_passwd=mosquitto_passwd)
         self.files.reload_timeout_s = ready_timeout_s
         self.bind_address = bind_address
-        self.port = port if port is not None else self._previous_port() or free_port(bind_address)
+        previous = self._previous_ports()
+        self.port = port if port is not None else previous[0] or free_port(bind_address)
+        #: The server's own listener (loopback): the ingest and the publisher connect here.
+        self.server_port = (
+            server_port if server_port is not None else previous[1] or free_port(SERVER_HOST)
+        )
         self.server_user = server_user
         self._server_password = server_password
         self.limits = limits or QueueLimits()
@@ -93,18 +106,21 @@ class EmbeddedBroker:
         self._proc_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._last_output: collections.deque[str] = collections.deque(maxlen=20)
+        self.log = BrokerLog(on_event)
         self._start_error: str | None = None
         #: How many times the supervisor has restarted Mosquitto after it died.
         self.restarts = 0
 
-    def _previous_port(self) -> int | None:
-        """The port of an earlier run: kiosk configs name it, so it must not change."""
+    def _previous_ports(self) -> tuple[int | None, int | None]:
+        """The ports of an earlier run: kiosk configs name the first, so it must not change."""
         if not self.files.conf_file.exists():
-            return None
+            return None, None
+        terminals: int | None = None
         try:
-            return self.files.listener()[1]
+            terminals = self.files.listener()[1]
+            return terminals, self.files.server_listener()[1]
         except (BrokerError, ValueError):
-            return None
+            return terminals, None
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -114,7 +130,13 @@ class EmbeddedBroker:
 
     @property
     def url(self) -> str:
+        """The terminals' listener."""
         return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def server_url(self) -> str:
+        """The server's own listener."""
+        return f"mqtt://{SERVER_HOST}:{self.server_port}"
 
     @property
     def pid(self) -> int | None:
@@ -128,6 +150,7 @@ class EmbeddedBroker:
         self.files.prepare(
             port=self.port,
             bind_address=self.bind_address,
+            server_port=self.server_port,
             server_user=self.server_user,
             server_password=self._server_password,
             limits=self.limits,
@@ -147,7 +170,13 @@ class EmbeddedBroker:
         # (it has its own session, so it would outlive us); a SIGKILL is handled by
         # the next start instead, through the pid file.
         atexit.register(self.stop)
-        log.info("mosquitto listening on %s (pid %s, files in %s)", self.url, self.pid, self.dir)
+        log.info(
+            "mosquitto listening on %s for terminals, %s for the server (pid %s, files in %s)",
+            self.url,
+            self.server_url,
+            self.pid,
+            self.dir,
+        )
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
@@ -194,9 +223,10 @@ class EmbeddedBroker:
         removed = self.files.remove_user(username)
         if removed and self.pid is not None:
             with contextlib.suppress(OSError):
+                # On the server's listener, where client ids are not tied to usernames.
                 mqtt_login(
-                    self.host,
-                    self.port,
+                    SERVER_HOST,
+                    self.server_port,
                     self.server_user,
                     self._server_password,
                     client_id=username,
@@ -268,6 +298,8 @@ class EmbeddedBroker:
             line = raw.decode(errors="replace").rstrip()
             if not line:
                 continue
+            if self.log.routine(line):
+                continue
             self._last_output.append(line)
             lower = line.lower()
             if lower.startswith("error"):
@@ -284,8 +316,10 @@ class EmbeddedBroker:
             if proc.poll() is not None:
                 return False
             try:
-                with socket.create_connection((self.host, self.port), timeout=0.5):
-                    return True
+                for host, port in ((self.host, self.port), (SERVER_HOST, self.server_port)):
+                    with socket.create_connection((host, port), timeout=0.5):
+                        pass
+                return True
             except OSError:
                 time.sleep(0.02)
         return False
@@ -304,6 +338,66 @@ class EmbeddedBroker:
         time.sleep(0.05)  # let the log reader catch the last lines
         tail = " | ".join(list(self._last_output)[-5:]) or "no output"
         return f"mosquitto {what}: it {status} (last output: {tail})"
+
+
+# --------------------------------------------------------------------- the broker's log
+
+#: Mosquitto 2.0.11's lines for what a hostile or broken client does (connection_messages on).
+#: The client id in a takeover line is the username on the terminals' listener.
+_TAKEOVER = re.compile(r"^Client (\S+) already connected, closing old connection\.$")
+_REFUSED = re.compile(r"^Client (\S+) disconnected, not authori[sz]ed\.$")
+#: Lines of every connect and disconnect: thousands after a broker restart, worth nothing alone.
+_ROUTINE = re.compile(
+    r"^(New connection from |New client connected from |Client \S+ (disconnected\.|"
+    r"closed its connection\.|has exceeded timeout|disconnected due to)|Socket error on client )"
+)
+
+
+class BrokerLog:
+    """Counts security-relevant lines of Mosquitto's log and keeps routine ones out of ours.
+
+    `on_event(kind)` is called for each: "takeover" (a second login with one terminal's
+    credentials pushed the first off: a cloned or stolen identity, or a kiosk restarted before
+    its old connection timed out), "login_refused" (wrong password, or terminal credentials on
+    the server's listener). (A publish over `message_size_limit` is logged at debug level
+    only, so it is not counted here; the terminal's agent counts it as rejected.) Each kind is
+    logged at most once every `log_every_s` with the count since, so a flood of them
+    cannot flood the log.
+    """
+
+    KINDS = ("takeover", "login_refused")
+
+    def __init__(
+        self, on_event: Callable[[str], None] | None = None, log_every_s: float = 10.0
+    ) -> None:
+        self.on_event = on_event
+        self.log_every_s = log_every_s
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._unlogged: collections.Counter[str] = collections.Counter()
+        self._logged_at: dict[str, float] = {}
+
+    def routine(self, line: str) -> bool:
+        """True when `line` needs no log line of its own (counted here if it matters)."""
+        for kind, pattern in (
+            ("takeover", _TAKEOVER),
+            ("login_refused", _REFUSED),
+        ):
+            found = pattern.match(line)
+            if found:
+                self._event(kind, found.group(1))
+                return True
+        return _ROUTINE.match(line) is not None
+
+    def _event(self, kind: str, client: str) -> None:
+        self.counts[kind] += 1
+        if self.on_event is not None:
+            self.on_event(kind)
+        self._unlogged[kind] += 1
+        now = time.monotonic()
+        if now - self._logged_at.get(kind, -float("inf")) >= self.log_every_s:
+            n = self._unlogged.pop(kind)
+            self._logged_at[kind] = now
+            log.warning("broker: %s by client %s (%d since the last such line)", kind, client, n)
 
 
 # --------------------------------------------------------------------- helpers

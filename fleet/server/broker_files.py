@@ -33,7 +33,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from fleet.server.broker_config import QueueLimits, render_acl, render_config
+from fleet.server.broker_config import (
+    Listener,
+    QueueLimits,
+    render_acl,
+    render_config,
+    render_server_acl,
+)
 
 #: The embedded broker's folder inside the server's data dir: `fleet serve` and
 #: `fleet terminals add` must agree on it.
@@ -43,6 +49,8 @@ USERNAME = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
 #: A user that exists only to tell when a reload has happened. Its name is not a valid terminal
 #: id (leading underscore), and its password never leaves this process.
 PROBE_USER = "_fleet-reload-probe"
+#: The server's own listener is for processes on this machine only.
+SERVER_BIND_ADDRESS = "127.0.0.1"
 
 
 class BrokerError(RuntimeError):
@@ -55,8 +63,12 @@ class BrokerFiles:
     def __init__(self, directory: str | Path, *, mosquitto_passwd: str | None = None) -> None:
         self.dir = Path(directory).absolute()
         self.conf_file = self.dir / "mosquitto.conf"
+        #: The terminals' listener: one user per terminal (and the reload probe).
         self.passwd_file = self.dir / "passwd"
         self.acl_file = self.dir / "acl"
+        #: The server's listener: the server's user alone.
+        self.server_passwd_file = self.dir / "server-passwd"
+        self.server_acl_file = self.dir / "server-acl"
         self.db_dir = self.dir / "db"
         self.pid_file = self.dir / "mosquitto.pid"
         self._lock_file = self.dir / ".users.lock"
@@ -74,11 +86,12 @@ class BrokerFiles:
         *,
         port: int,
         bind_address: str,
+        server_port: int,
         server_user: str,
         server_password: str,
         limits: QueueLimits,
     ) -> None:
-        """Write config and ACL, and (re)set the server's user; other users are kept."""
+        """Write config and ACLs, and (re)set the server's user; terminal users are kept."""
         self.dir.mkdir(parents=True, exist_ok=True)
         self.db_dir.mkdir(exist_ok=True)
         uid, gid = self.run_as
@@ -90,19 +103,25 @@ class BrokerFiles:
         os.chmod(self.db_dir, 0o700)
         check_reachable(self.dir, uid, gid)
         conf = render_config(
-            port=port,
-            bind_address=bind_address,
-            password_file=self.passwd_file,
-            acl_file=self.acl_file,
+            terminals=Listener(port, bind_address, self.passwd_file, self.acl_file),
+            server=Listener(
+                server_port, SERVER_BIND_ADDRESS, self.server_passwd_file, self.server_acl_file
+            ),
             persistence_dir=self.db_dir,
             limits=limits,
         )
         self._write(self.conf_file, conf)
-        self._write(self.acl_file, render_acl(server_user))
+        self._write(self.acl_file, render_acl())
+        self._write(self.server_acl_file, render_server_acl(server_user))
         with self._locked():
             if not self.passwd_file.exists():
                 self._write(self.passwd_file, "")
-            self._edit_passwd([(server_user, server_password)], [])
+            # Before the two listeners, the server's user was in the terminals' file: not there.
+            if server_user in self.users():
+                self._edit_passwd([], [server_user])
+            if not self.server_passwd_file.exists():
+                self._write(self.server_passwd_file, "")
+            self._edit_passwd([(server_user, server_password)], [], self.server_passwd_file)
 
     def _own(self, path: Path, mode: int) -> None:
         """`mode` on `path`, group-owned by the broker's group when it runs as another user."""
@@ -169,14 +188,18 @@ class BrokerFiles:
             time.sleep(0.01)
         raise BrokerError(f"mosquitto did not reload its password file in {self.reload_timeout_s}s")
 
-    def _edit_passwd(self, upserts: list[tuple[str, str]], removals: list[str]) -> None:
-        """Change a copy with mosquitto_passwd, then rename it over the file.
+    def _edit_passwd(
+        self, upserts: list[tuple[str, str]], removals: list[str], path: Path | None = None
+    ) -> None:
+        """Change a copy of `path` (default: the terminals' file) with mosquitto_passwd, then
+        rename it over the file.
 
         The broker may reread the file at any moment (a SIGHUP of ours, or an operator's), so it
         must never see it half rewritten, which mosquitto_passwd editing in place could show.
         """
-        tmp = self.passwd_file.with_name(".passwd.tmp")
-        shutil.copyfile(self.passwd_file, tmp)
+        target = path or self.passwd_file
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.copyfile(target, tmp)
         try:
             for username, password in upserts:
                 # The password goes through stdin (asked twice), not argv: with `-b` every
@@ -185,7 +208,7 @@ class BrokerFiles:
             for username in removals:
                 self._run_passwd(["-D", str(tmp), username], "")
             self._own(tmp, 0o640)
-            os.replace(tmp, self.passwd_file)
+            os.replace(tmp, target)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
@@ -228,17 +251,30 @@ class BrokerFiles:
         return pid if runs_config(pid, self.conf_file) else None
 
     def listener(self) -> tuple[str, int]:
-        """(host, port) of the `listener` line of the config, as a client reaches it."""
+        """(host, port) of the terminals' listener (the first), as a client reaches it."""
+        return self._listeners()[0]
+
+    def server_listener(self) -> tuple[str, int]:
+        """(host, port) of the server's own listener (the second)."""
+        found = self._listeners()
+        if len(found) < 2:
+            raise BrokerError(f"{self.conf_file} has no server listener (an older server's?)")
+        return found[1]
+
+    def _listeners(self) -> list[tuple[str, int]]:
         try:
             text = self.conf_file.read_text("utf-8")
         except OSError as e:
             raise BrokerError(f"cannot read {self.conf_file}: {e.strerror or e}") from None
+        found = []
         for line in text.splitlines():
             parts = line.split()
             if len(parts) >= 2 and parts[0] == "listener":
                 address = parts[2] if len(parts) > 2 else "127.0.0.1"
-                return ("127.0.0.1" if address == "0.0.0.0" else address), int(parts[1])
-        raise BrokerError(f"{self.conf_file} has no listener line")
+                found.append((("127.0.0.1" if address == "0.0.0.0" else address), int(parts[1])))
+        if not found:
+            raise BrokerError(f"{self.conf_file} has no listener line")
+        return found
 
 
 # --------------------------------------------------------------------- helpers

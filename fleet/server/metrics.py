@@ -198,6 +198,16 @@ class FleetMetrics:
             registry=self.registry,
         )
 
+        # The embedded broker's log (fleet.server.broker.BrokerLog); absent with an external one.
+        self.broker_clients = Counter(
+            "fleet_broker_client_events",
+            "Embedded broker events caused by clients: session takeovers, refused logins",
+            ["kind"],
+            registry=self.registry,
+        )
+        for kind in ("takeover", "login_refused"):
+            self.broker_clients.labels(kind)
+
         self.desired_published = Counter(
             "fleet_desired_documents_published",
             "Desired-state documents the broker took (new versions and republished ones)",

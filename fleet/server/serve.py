@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -110,7 +109,7 @@ def ingest_hook(
                 port=address.port,
                 username=settings.broker_admin_user,
                 password=settings.broker_admin_password.get_secret_value(),
-                client_id=os.environ.get("FLEET_INGEST_CLIENT_ID", "fleet-server"),
+                client_id=f"{settings.broker_client_id}.ingest",
                 tls=address.tls,
             )
         )
@@ -187,7 +186,7 @@ def desired_hook(
                 port=address.port,
                 username=settings.broker_admin_user,
                 password=settings.broker_admin_password.get_secret_value(),
-                client_id=os.environ.get("FLEET_INGEST_CLIENT_ID", "fleet-server") + "-pub",
+                client_id=f"{settings.broker_client_id}.pub",
                 tls=address.tls,
             ),
             on_connect=republish,
@@ -237,20 +236,23 @@ def serve(settings: Settings, *, log_level: str = "info") -> int:
     models = load_hardware_models(settings)  # before anything starts: a bad file stops us here
     key = load_config_key(settings)  # likewise a missing config key (outside dev mode)
     issuer = load_issuer(settings)  # and the issuing key that signs licences
+    context = AppContext(settings, issuer=issuer)
     broker: EmbeddedBroker | None = None
     if settings.broker_url is None:
         broker = EmbeddedBroker(
             settings.data_dir / BROKER_SUBDIR,
             server_user=settings.broker_admin_user,
             server_password=settings.broker_admin_password.get_secret_value(),
+            on_event=lambda kind: context.metrics.broker_clients.labels(kind).inc(),
         ).start()
-        address = BrokerAddress(broker.host, broker.port)
+        # The server's own listener: terminal credentials cannot log in there.
+        address = BrokerAddress("127.0.0.1", broker.server_port)
     else:
         address = parse_broker_url(settings.broker_url)
     try:
         app = create_app(
             settings,
-            context=AppContext(settings, issuer=issuer),
+            context=context,
             hooks=[
                 ingest_hook(settings, address, models),
                 desired_hook(settings, address, key, models),

@@ -63,9 +63,18 @@ class Settings(BaseSettings):
     # None: start and supervise our own Mosquitto on loopback.
     broker_url: str | None = None
     broker_admin_user: str = "fleet-server"
+    # The server's MQTT client ids are this plus ".ingest" and ".pub" (the ingest's persistent
+    # session lives under it). The dot keeps them apart from every terminal id. Distinct per
+    # replica when several servers share one broker.
+    broker_client_id: str = Field(default="fleet-server", pattern=r"^[A-Za-z0-9_.-]{1,40}$")
     broker_admin_password: SecretStr = SecretStr(INSECURE_DEFAULT)
     # Signs dashboard sessions and short-lived SSE tickets.
     session_secret: SecretStr = SecretStr(INSECURE_DEFAULT)
+    # When set, GET /metrics needs `Authorization: Bearer <it>` (Prometheus: `authorization` or
+    # `bearer_token_file`); operator and admin API tokens are accepted too. Unset, /metrics is
+    # open in dev mode only, and otherwise for operator and admin API tokens alone: it names
+    # every terminal, its site and its paper level.
+    metrics_token: SecretStr | None = None
     # The fleet's config key (EdDSA, PKCS#8 PEM) that signs desired-state documents. Empty means
     # `config-key.pem` in data_dir. Made on first start in dev mode; outside dev mode a missing
     # file stops the server (make it with `fleet keys generate --alg EdDSA --out ...`).
@@ -98,7 +107,13 @@ class Settings(BaseSettings):
     ingest_batch_size: int = Field(default=500, ge=1)
     ingest_flush_interval_s: float = Field(default=0.25, gt=0)
     max_payload_bytes: int = Field(default=64 * 1024, ge=256)
-    dead_letter_max_rows: int = Field(default=10_000, ge=1)
+    # Dead letters kept per terminal (newest kept): one terminal's flood of garbage cannot
+    # erase the evidence about another's. The table is bounded by the fleet's size times this.
+    dead_letter_max_per_terminal: int = Field(default=100, ge=1)
+    # A report dated further ahead of the server's clock than this is dead-lettered
+    # (`clock_skew`): stored, it would be "the newest" in every history query until then. Status
+    # reports and events dated before the history retention are refused likewise.
+    ingest_max_ts_ahead_s: int = Field(default=600, ge=1)
     dead_letter_payload_max_chars: int = Field(default=4096, ge=64)
 
     paper_low_pct: int = Field(default=20, ge=0, le=100)
@@ -152,8 +167,10 @@ class Settings(BaseSettings):
 
     def _refuse_weak_secrets(self) -> None:
         problems = []
-        for name in ("broker_admin_password", "session_secret"):
-            value: SecretStr = getattr(self, name)
+        for name in ("broker_admin_password", "session_secret", "metrics_token"):
+            value: SecretStr | None = getattr(self, name)
+            if value is None:  # an optional secret left unset (metrics_token)
+                continue
             secret = value.get_secret_value()
             env = f"FLEET_{name.upper()}"
             if secret == INSECURE_DEFAULT:

@@ -18,9 +18,11 @@ import pytest
 from fleet.server.broker import BrokerError, EmbeddedBroker, free_port
 from fleet.server.broker_config import (
     EXTERNAL_BROKER_SETTINGS,
+    MESSAGE_SIZE_LIMIT,
     MOSQUITTO_DEFAULT_LIMITS,
     QueueLimits,
     render_acl,
+    render_server_acl,
 )
 from fleet.server.broker_files import mqtt_login
 from tests.server.mqtt_helpers import Client, broker_dir, connect
@@ -48,12 +50,15 @@ def broker() -> Iterator[EmbeddedBroker]:
 
 
 def _server(b: EmbeddedBroker, **kw: object) -> Client:
-    return connect(b.port, *SERVER, **kw)  # type: ignore[arg-type]
+    return connect(b.server_port, *SERVER, **kw)  # type: ignore[arg-type]
 
 
-def _login(b: EmbeddedBroker, user: str, password: str) -> bool:
+def _login(b: EmbeddedBroker, user: str, password: str, port: int | None = None) -> bool:
+    """A login on the listener the user belongs to (the server's user: the server's listener)."""
+    if port is None:
+        port = b.server_port if user == SERVER[0] else b.port
     try:
-        return mqtt_login(b.host, b.port, user, password)
+        return mqtt_login(b.host, port, user, password)
     except OSError:
         return False
 
@@ -62,20 +67,27 @@ def test_generated_files(broker: EmbeddedBroker) -> None:
     conf = broker.files.conf_file.read_text()
     for line in (
         f"listener {broker.port} 127.0.0.1",
-        "per_listener_settings false",
+        f"listener {broker.server_port} 127.0.0.1",
+        "per_listener_settings true",
+        "use_username_as_clientid true",
         "allow_anonymous false",
         "persistence true",
         "max_queued_messages 0",
         "max_inflight_messages 100",
     ):
         assert line in conf.splitlines()
-    assert broker.files.acl_file.read_text() == render_acl(SERVER[0])
-    assert "pattern write fleet/v1/t/%u/cmd/result" in render_acl(SERVER[0])
+    assert broker.files.acl_file.read_text() == render_acl()
+    assert "pattern write fleet/v1/t/%u/cmd/result" in render_acl()
+    assert broker.files.server_acl_file.read_text() == render_server_acl(SERVER[0])
     assert "max_queued_messages 0" in EXTERNAL_BROKER_SETTINGS
-    # The password file holds hashes, and only we and the broker's group may read it.
-    assert SERVER[1] not in broker.files.passwd_file.read_text()
-    assert broker.files.passwd_file.stat().st_mode & 0o777 == 0o640
-    assert broker.users() == {SERVER[0]}
+    assert "use_username_as_clientid true" in EXTERNAL_BROKER_SETTINGS
+    # The password files hold hashes, and only we and the broker's group may read them.
+    for f in (broker.files.passwd_file, broker.files.server_passwd_file):
+        assert SERVER[1] not in f.read_text()
+        assert f.stat().st_mode & 0o777 == 0o640
+    # The server's user lives on the server's listener alone.
+    assert broker.users() == set()
+    assert broker.files.server_passwd_file.read_text().startswith(f"{SERVER[0]}:")
 
 
 def test_server_user_publishes_and_subscribes(broker: EmbeddedBroker) -> None:
@@ -94,6 +106,18 @@ def test_refuses_anonymous_and_wrong_passwords(broker: EmbeddedBroker) -> None:
     assert _login(broker, *SERVER)
     assert not _login(broker, SERVER[0], "wrong")
     assert not _login(broker, "nobody-known", "x")
+
+
+def test_each_listener_knows_only_its_own_users(broker: EmbeddedBroker) -> None:
+    broker.add_user("T-A", "a-secret")
+    assert _login(broker, "T-A", "a-secret")
+    assert not _login(broker, "T-A", "a-secret", port=broker.server_port)
+    assert not _login(broker, *SERVER, port=broker.port)
+    # Counted from the broker's log: two refused logins.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and broker.log.counts["login_refused"] < 2:
+        time.sleep(0.02)
+    assert broker.log.counts["login_refused"] == 2
 
 
 def test_supervisor_restarts_a_killed_broker_on_the_same_port(broker: EmbeddedBroker) -> None:
@@ -190,7 +214,7 @@ def test_user_added_while_running_connects_without_a_restart(broker: EmbeddedBro
     t_drops: list[object] = []
     t.mqtt.on_disconnect = lambda *a: t_drops.append(a[3])
     assert broker.pid == pid
-    assert broker.users() == {SERVER[0], "T-NEW"}
+    assert broker.users() == {"T-NEW"}
     # A changed password replaces the old one, and the reload re-authenticates connected
     # clients: the terminal logged in with the old password is dropped, the server is not.
     broker.add_user("T-NEW", "newer-secret")
@@ -372,3 +396,57 @@ def test_mosquitto_default_queue_limit_would_lose_messages() -> None:
     # The control: the same run with Mosquitto's defaults drops all but ~1,000 queued messages.
     lost = _lost_by_slow_ingest(MOSQUITTO_DEFAULT_LIMITS, "offline")
     assert lost >= N_MESSAGES - 1100
+
+
+def _wait_count(b: EmbeddedBroker, kind: str, n: int, timeout: float = 5) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and b.log.counts[kind] < n:
+        time.sleep(0.02)
+    return b.log.counts[kind]
+
+
+def test_a_borrowed_client_id_takes_over_nobody(broker: EmbeddedBroker) -> None:
+    """Issue 12: with T-A's password and the client id of T-H or of the server, nobody but T-A
+    itself is pushed off; a second login as T-A is counted as a takeover."""
+    broker.add_user("T-A", "a-secret")
+    broker.add_user("T-H", "h-secret")
+    server = _server(broker, client_id="fleet-server.ingest")
+    honest = connect(broker.port, "T-H", "h-secret", client_id="T-H")
+    drops: list[object] = []
+    honest.mqtt.on_disconnect = lambda *a: drops.append(a[3])
+    server.mqtt.on_disconnect = lambda *a: drops.append(a[3])
+    server.subscribe("fleet/v1/t/+/status")
+    attackers = [
+        connect(broker.port, "T-A", "a-secret", client_id=cid)
+        for cid in ("T-H", "fleet-server.ingest", "fleet-server.pub")
+    ]
+    try:
+        # Each attacker's session is named T-A: each new one pushed the previous T-A off.
+        assert _wait_count(broker, "takeover", 2) == 2
+        time.sleep(0.3)
+        assert drops == [], "an honest client was disconnected"
+        assert honest.publish("fleet/v1/t/T-H/status", b"still here") == 0
+        assert server.wait_for(lambda r: ("fleet/v1/t/T-H/status", b"still here") in r, 5)
+    finally:
+        for c in (*attackers, honest, server):
+            c.close()
+
+
+def test_an_oversized_publish_never_reaches_the_server(broker: EmbeddedBroker) -> None:
+    broker.add_user("T-A", "a-secret")
+    server = _server(broker)
+    server.subscribe("fleet/v1/t/+/status")
+    t = connect(broker.port, "T-A", "a-secret", client_id="T-A")
+    try:
+        big = b"x" * (MESSAGE_SIZE_LIMIT + 1)
+        # Mosquitto answers PUBACK 0x95 (paho 2.2 takes that for a protocol error and closes);
+        # it logs the drop at debug level only, so the broker log cannot count it.
+        t.mqtt.publish("fleet/v1/t/T-A/status", big, qos=1)
+        # The broker did not take it, so the server never sees it; what follows flows.
+        t2 = connect(broker.port, "T-A", "a-secret", client_id="T-A")  # paho closed the first
+        assert t2.publish("fleet/v1/t/T-A/status", b"small") == 0
+        assert server.wait_for(lambda r: r == [("fleet/v1/t/T-A/status", b"small")], 5)
+        t2.close()
+    finally:
+        t.close()
+        server.close()

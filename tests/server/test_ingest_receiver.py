@@ -409,3 +409,67 @@ async def test_reconnects_after_a_broker_restart(
     while got and got[-1].topic != status("T-0003", 9)[0]:
         got += await collect(r, 1)
     assert got[-1].payload == status("T-0003", 9)[1]
+
+
+async def test_a_publish_it_cannot_decode_is_handed_over_refused_and_the_link_stays() -> None:
+    """Issue 12, poison messages on the wire. Mosquitto never forwards a PUBLISH with a broken
+    header or a topic that is not UTF-8, so a scripted broker on a socket sends them (the one
+    fake here: it stands for a broker bug or a hostile broker in between). Before, the first
+    closed the connection and would come back on every reconnect; now both are handed over
+    refused, acknowledged like any other once handled, and the good message between them
+    flows on the same connection."""
+    from fleet.server.ingest import mqtt_wire as wire
+
+    def publish(topic: bytes, pid: int, props: bytes = b"", payload: bytes = b"{}") -> bytes:
+        body = len(topic).to_bytes(2, "big") + topic + pid.to_bytes(2, "big")
+        body += wire.varint(len(props)) + props + payload
+        return b"\x32" + wire.varint(len(body)) + body
+
+    acks: list[int] = []
+    connects = 0
+    done = asyncio.Event()
+
+    async def fake_broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connects
+        decoder = wire.Decoder()
+        connects += 1
+        await reader.read(4096)  # CONNECT
+        writer.write(b"\x20\x03\x00\x00\x00")  # CONNACK, success, no properties
+        await reader.read(4096)  # SUBSCRIBE
+        writer.write(b"\x90\x04\x00\x01\x00\x01")  # SUBACK: id 1, no properties, QoS 1
+        writer.write(
+            publish(b"fleet/v1/t/T1/status", 11, props=b"\x7f\x00")
+            + publish(b"fleet/v1/t/T1/status", 12)
+            + publish(b"fleet/v1/t/T\xff/status", 13)
+        )
+        while len(acks) < 3:
+            data = await reader.read(4096)
+            if not data:
+                break
+            for p in decoder.feed(data):
+                if isinstance(p, wire.Packet) and p.type == wire.PUBACK:
+                    acks.append(int.from_bytes(p.body[:2], "big"))
+        done.set()
+        await asyncio.sleep(0.5)  # would a reconnect follow?
+        writer.close()
+
+    server = await asyncio.start_server(fake_broker, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    r = Receiver(
+        ReceiverConfig(host="127.0.0.1", port=port, username="u", password="p", client_id="x.y")
+    )
+    await r.start()
+    try:
+        got: list[Received] = []
+        while len(got) < 3:
+            got += await asyncio.wait_for(r.batch(), 5)
+        assert [m.mid for m in got] == [11, 12, 13]
+        assert got[0].refused is not None and got[0].refused.startswith("bad_packet: ")
+        assert got[1].refused is None and got[1].payload == b"{}"
+        assert got[2].refused == "bad_topic: not UTF-8"
+        assert r.ack_many(got) == 3
+        await asyncio.wait_for(done.wait(), 5)
+        assert acks == [11, 12, 13] and connects == 1
+    finally:
+        await r.stop()
+        server.close()

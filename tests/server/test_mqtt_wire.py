@@ -63,9 +63,8 @@ def test_publish_split_at_every_byte_decodes_once() -> None:
     "packet",
     [
         b"\x36\x05\x00\x01a\x00\x01",  # QoS 3
-        publish_packet(b"t", b"p", props=b"\x7f\x00"),  # unknown property
-        publish_packet(b"t", b"p", props=b"\x02\x00"),  # property overruns its length
         b"\x30\x01\x00",  # too short for a topic length
+        b"\x32\x03\x00\x01t",  # QoS 1 without room for a packet id: nothing could ack it
         b"\x10\x00",  # CONNECT from a broker
         b"\x30\xff\xff\xff\xff\x01",  # remaining length of five bytes
     ],
@@ -73,6 +72,29 @@ def test_publish_split_at_every_byte_decodes_once() -> None:
 def test_malformed_packets_are_protocol_errors(packet: bytes) -> None:
     with pytest.raises(wire.ProtocolError):
         wire.Decoder().feed(packet)
+
+
+@pytest.mark.parametrize(
+    ("props", "problem"),
+    [(b"\x7f\x00", "unknown property"), (b"\x02\x00", "overrun")],
+)
+def test_a_publish_with_a_broken_header_is_handed_over_not_fatal(
+    props: bytes, problem: str
+) -> None:
+    """Issue 12: closing the connection would have the broker redeliver it for ever. It comes
+    out as a BadPublish with its packet id, so the receiver can acknowledge it, and the
+    packets after it still decode."""
+    bad = publish_packet(b"fleet/v1/t/T1/status", b"p", props=props)
+    good = publish_packet(b"fleet/v1/t/T1/status", b"{}")
+    out = wire.Decoder().feed(bad + good)
+    assert isinstance(out[0], wire.BadPublish) and problem in out[0].problem
+    assert (out[0].topic, out[0].qos, out[0].packet_id) == (b"fleet/v1/t/T1/status", 1, 7)
+    assert isinstance(out[1], wire.Publish) and out[1].payload == b"{}"
+
+
+def test_connect_announces_the_largest_packet_we_take() -> None:
+    pkt = wire.connect("fleet-server.ingest", "u", "p", 30, False, 3600, 1000)
+    assert bytes([wire.MAXIMUM_PACKET_SIZE]) + wire.MAX_PACKET.to_bytes(4, "big") in pkt
 
 
 def test_oversized_packet_is_refused_before_it_is_buffered() -> None:

@@ -264,11 +264,66 @@ async def test_garbage_is_dead_lettered_with_a_reason(db: str) -> None:
 
 
 async def test_dead_letters_are_bounded(db: str) -> None:
-    p = await make_pipeline(db, settings={"dead_letter_max_rows": 5})
+    p = await make_pipeline(db, settings={"dead_letter_max_per_terminal": 5})
     for i in range(3):
         await p.handle([msg("T1", "status", f"junk {i}-{k}".encode()) for k in range(4)])
     rows = await DeadLetter.all().order_by("id").values_list("payload", flat=True)
     assert rows == ["junk 1-3", "junk 2-0", "junk 2-1", "junk 2-2", "junk 2-3"]
+
+
+async def test_one_terminals_flood_keeps_the_others_dead_letters(db: str) -> None:
+    """Issue 12: the bound is per terminal; T1's garbage cannot erase T2's evidence."""
+    p = await make_pipeline(db, settings={"dead_letter_max_per_terminal": 5})
+    await p.handle([msg("T2", "status", b"T2 junk")])
+    for i in range(10):
+        await p.handle([msg("T1", "status", f"junk {i}-{k}".encode()) for k in range(50)])
+    assert await DeadLetter.filter(terminal="T1").count() == 5
+    assert await DeadLetter.filter(terminal="T2").values_list("payload", flat=True) == ["T2 junk"]
+
+
+async def test_reports_from_a_wrong_clock_are_dead_lettered(db: str) -> None:
+    """Issue 12: a ts of year 9999 was stored and was the newest sample for ever; year 0001 too.
+    Both are refused (`clock_skew`), counted, and what was good is stored."""
+    await seed("T1")
+    metrics = FleetMetrics()
+    p = await make_pipeline(db, metrics=metrics)
+    far = [
+        json.loads(status(seq)) | {"ts": ts}
+        for seq, ts in ((1, "9999-12-31T23:59:59Z"), (2, "0001-01-01T00:00:00Z"))
+    ]
+    ahead_11_min = status(3, at=T0 + 660)
+    ok_late = status(4, at=T0 - 7 * 86400)  # an outbox emptying after a week offline
+    ok_ahead = status(5, at=T0 + 60)  # a clock a minute fast
+    await p.handle(
+        [msg("T1", "status", json.dumps(d).encode()) for d in far]
+        + [msg("T1", "status", b) for b in (ahead_11_min, ok_late, ok_ahead)]
+        + [
+            msg(
+                "T1",
+                "event",
+                json.dumps(json.loads(event(6)) | {"ts": "1970-01-02T00:00:00Z"}).encode(),
+            )
+        ]
+    )
+    dead = await DeadLetter.all().order_by("id").values_list("reason", flat=True)
+    assert [d.split(":")[0] for d in dead] == ["clock_skew"] * 4
+    assert "ahead of the server" in dead[0] and "older than the history retention" in dead[1]
+    assert await StatusSample.filter(terminal_id="T1").order_by("seq").values_list(
+        "seq", flat=True
+    ) == [4, 5]
+    assert metrics.ingest_messages.labels("rejected")._value.get() == 4
+    assert (await Terminal.get(id="T1")).last_seq == 5
+
+
+async def test_what_the_receiver_could_not_decode_is_dead_lettered(db: str) -> None:
+    """A PUBLISH with a broken header or a topic that is not UTF-8 reaches the pipeline as a
+    refused message: dead-lettered with its reason (and then acknowledged like any other)."""
+    p = await make_pipeline(db)
+    bad = Received("fleet/v1/t/T1/status", b"", 1, False, False, 7, T0, 1, refused="bad_packet: x")
+    await p.handle([bad, msg("T1", "status", status(1))])
+    row = await DeadLetter.get()
+    assert (row.reason, row.terminal) == ("bad_packet: x", "T1")
+    assert await StatusSample.filter(terminal_id="T1").count() == 1
 
 
 async def test_unknown_terminal_is_auto_registered(db: str) -> None:
@@ -345,7 +400,8 @@ async def test_a_clean_goodbye_is_alerted_only_if_the_terminal_stays_away(db: st
 async def test_retention_expires_and_downsamples(db: str) -> None:
     await seed("T1")
     now = datetime(2026, 11, 25, 6, 0, tzinfo=UTC)
-    p = await make_pipeline(db)
+    # The ingest refuses reports older than its retention: let this one take 40 days.
+    p = await make_pipeline(db, settings={"history_retention_days": 60})
     old = now - timedelta(days=40)
     batch = [msg("T1", "status", status(1, at=old.timestamp()))]
     day_ago = now - timedelta(hours=30)

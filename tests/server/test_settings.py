@@ -47,7 +47,8 @@ def test_dev_mode_accepts_defaults() -> None:
         24,
         3,
     )
-    assert (s.dead_letter_max_rows, s.paper_low_pct, s.status_interval_s) == (10_000, 20, 30)
+    assert (s.dead_letter_max_per_terminal, s.paper_low_pct, s.status_interval_s) == (100, 20, 30)
+    assert s.ingest_max_ts_ahead_s == 600 and s.broker_client_id == "fleet-server"
     assert (s.service_hours_start, s.service_hours_end) == (time(8, 30), time(17, 30))
     assert s.zone.key == "Asia/Shanghai" and s.offline_after_s == 90
 

@@ -172,16 +172,20 @@ class Alert(Model):
 
 
 class DeadLetter(Model):
-    """A rejected MQTT message, kept (bounded, truncated) so operators can see why."""
+    """A rejected MQTT message, kept (bounded per terminal, truncated) so operators can see why."""
 
     id = fields.BigIntField(primary_key=True)
     received_at = fields.DatetimeField()
     topic = fields.CharField(max_length=255)
     reason = fields.CharField(max_length=255)
     payload = fields.TextField()
+    #: The terminal the topic names (None when it names none): the bound is per terminal, so
+    #: one terminal's flood cannot erase what others sent.
+    terminal = fields.CharField(max_length=64, null=True)
 
     class Meta:
         table = "dead_letter"
+        indexes = (("terminal", "id"),)
 
 
 class ApiToken(Model):

@@ -31,12 +31,17 @@ DISCONNECT: Final = 14
 #: Property identifiers used here (MQTT 5 2.2.2.2).
 SESSION_EXPIRY_INTERVAL: Final = 0x11
 RECEIVE_MAXIMUM: Final = 0x21
+MAXIMUM_PACKET_SIZE: Final = 0x27
 
 #: Subscription option "retain handling 1": retained messages only for a new subscription.
 RETAIN_SEND_IF_NEW_SUB: Final = 1
 
-#: The largest packet we accept (a broker may carry up to 256 MiB; nothing of ours is near 16).
-MAX_PACKET: Final = 16 * 1024 * 1024
+#: The largest packet we accept, announced in CONNECT as Maximum Packet Size: a broker must not
+#: send us a bigger one (MQTT 5 3.1.2.11.4; it drops the message for us instead). Without that
+#: announcement one oversized message made us close the connection, the broker redelivered it,
+#: and the ingest was wedged for good (issue 12). Four times the embedded broker's own packet
+#: limit, so only a broker configured far looser than ours can hit it.
+MAX_PACKET: Final = 2 * 1024 * 1024
 
 PINGREQ_PACKET: Final = b"\xc0\x00"
 DISCONNECT_NORMAL: Final = b"\xe0\x00"
@@ -62,6 +67,21 @@ class Publish:
     retain: bool
     dup: bool
     packet_id: int
+
+
+@dataclass(slots=True)
+class BadPublish:
+    """A PUBLISH whose framing is sound but whose header is not valid MQTT 5.
+
+    The connection stays up: the receiver acknowledges it and the ingest dead-letters it.
+    Closing the connection instead (MQTT's advice) would have the broker redeliver the same
+    message on the next connection, for ever: one poison message would stop the ingest.
+    """
+
+    topic: bytes
+    qos: int
+    packet_id: int
+    problem: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +124,7 @@ def connect(
     clean_start: bool,
     session_expiry_s: int,
     receive_maximum: int,
+    maximum_packet_size: int = MAX_PACKET,
 ) -> bytes:
     flags = 0x80 | 0x40 | (0x02 if clean_start else 0)
     props = (
@@ -111,6 +132,8 @@ def connect(
         + struct.pack("!I", session_expiry_s)
         + bytes([RECEIVE_MAXIMUM])
         + struct.pack("!H", receive_maximum)
+        + bytes([MAXIMUM_PACKET_SIZE])
+        + struct.pack("!I", maximum_packet_size)
     )
     body = (
         _string("MQTT")
@@ -203,6 +226,19 @@ def parse_publish(flags: int, body: bytes) -> Publish:
     )
 
 
+def _bad_publish(flags: int, body: bytes, problem: str) -> BadPublish:
+    """What can be read of a PUBLISH that `parse_publish` refused; ProtocolError when not even
+    its packet id can be (then nothing can acknowledge it, and the connection must go)."""
+    qos = (flags >> 1) & 3
+    if qos == 3 or len(body) < 2:
+        raise ProtocolError(problem)
+    tlen = int.from_bytes(body[0:2], "big")
+    if qos and len(body) < 2 + tlen + 2:
+        raise ProtocolError(problem)
+    packet_id = int.from_bytes(body[2 + tlen : 4 + tlen], "big") if qos else 0
+    return BadPublish(body[2 : 2 + tlen], qos, packet_id, problem)
+
+
 def connack(body: bytes) -> tuple[bool, int]:
     """(session present, reason code)."""
     if len(body) < 2:
@@ -223,10 +259,10 @@ class Decoder:
     def __init__(self) -> None:
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> list[Publish | Packet]:
+    def feed(self, data: bytes) -> list[Publish | BadPublish | Packet]:
         buf = self._buf
         buf += data
-        out: list[Publish | Packet] = []
+        out: list[Publish | BadPublish | Packet] = []
         pos, n = 0, len(buf)
         while n - pos >= 2:
             first = buf[pos]
@@ -249,7 +285,10 @@ class Decoder:
             kind = first >> 4
             body = bytes(buf[start:end])
             if kind == PUBLISH:
-                out.append(parse_publish(first & 0x0F, body))
+                try:
+                    out.append(parse_publish(first & 0x0F, body))
+                except ProtocolError as e:
+                    out.append(_bad_publish(first & 0x0F, body, str(e)))
             elif kind in (CONNACK, SUBACK, PINGRESP, DISCONNECT, PUBACK):
                 out.append(Packet(kind, first & 0x0F, body))
             else:

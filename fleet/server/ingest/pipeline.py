@@ -2,8 +2,11 @@
 
 One batch at a time, in the order the broker delivered it:
 
-1. `validate.parse` every message. A rejection becomes a dead-letter row (bounded to
-   `dead_letter_max_rows`, newest kept) and `fleet_ingest_messages_total{result="rejected"}`.
+1. `validate.parse` every message, and check its `ts` against the server's clock. A rejection
+   (or a message the receiver could not decode) becomes a dead-letter row (the newest
+   `dead_letter_max_per_terminal` kept per terminal) and
+   `fleet_ingest_messages_total{result="rejected"}`, and is acknowledged like a stored message:
+   no message, however bad, is redelivered in a loop or holds the flow (issue 12).
 2. Status reports and events go through `SequenceTracker`: a duplicate is counted and dropped,
    a gap is recorded (`SeqGap`), a late message is stored as history but never overwrites the
    latest state. Presence messages, and anything alive from a terminal, feed `PresenceTracker`.
@@ -89,6 +92,7 @@ from fleet.server.ingest.validate import (
     Reported,
     Status,
     parse,
+    parse_topic,
 )
 from fleet.server.metrics import FleetMetrics
 from fleet.server.rollouts.engine import UPDATE_EVENTS, UpdateEvent
@@ -128,6 +132,11 @@ def _dt(epoch_s: float) -> datetime:
     return datetime.fromtimestamp(epoch_s, UTC)
 
 
+def _topic_terminal(m: Received) -> str | None:
+    found = parse_topic(m.topic)
+    return found[0] if found is not None else None
+
+
 def _small(value: float | None) -> int | None:
     return None if value is None else round(value)
 
@@ -163,6 +172,7 @@ class Pipeline:
         self._model_thresholds = ThresholdsByModel(models or {}, self.thresholds)
         self.clock = clock
         self.update_events = update_events
+        self._max_age_s = settings.history_retention_days * 86400.0
         self._known: dict[str, _Known] = {}
         # handle() and tick() both move the trackers and write; one at a time keeps the
         # database in the order the trackers decided.
@@ -226,9 +236,11 @@ class Pipeline:
 
     async def _dead_letter_all(self, msgs: Sequence[Received], reason: str) -> None:
         self._count(Counter({"error": len(msgs)}))
-        rows = BatchWrite(dead=[self._dead(m, reason, "see the server log") for m in msgs])
+        rows = BatchWrite(
+            dead=[self._dead(m, reason, "see the server log", _topic_terminal(m)) for m in msgs]
+        )
         try:
-            await write_batch(rows, self.settings.dead_letter_max_rows)
+            await write_batch(rows, self.settings.dead_letter_max_per_terminal)
         except Exception:
             log.exception("could not dead-letter the batch either")
 
@@ -251,8 +263,30 @@ class Pipeline:
         async with self._lock:
             await self._handle(msgs)
 
+    def _check(self, m: Received) -> Message | Rejection:
+        """`parse`, plus what needs the server: the receiver's refusals and the clock."""
+        if m.refused is not None:
+            reason, _, detail = m.refused.partition(": ")
+            return Rejection(reason, detail, m.topic[:255], _topic_terminal(m))  # type: ignore[arg-type]
+        p = parse(m.topic, m.payload)
+        if isinstance(p, Rejection):
+            return p
+        ts = p.ts
+        if ts is None:
+            return p
+        ahead = ts.timestamp() - m.received_at
+        if ahead > self.settings.ingest_max_ts_ahead_s:
+            detail = f"ts {ts.isoformat()} is {ahead:.0f} s ahead of the server"
+            return Rejection("clock_skew", detail, m.topic, p.terminal)
+        # Old reports are welcome (an outbox emptying after an outage) back to the retention;
+        # a presence may be older (retained), it only orders presence changes.
+        if isinstance(p, Status | Event) and -ahead > self._max_age_s:
+            detail = f"ts {ts.isoformat()} is older than the history retention"
+            return Rejection("clock_skew", detail, m.topic, p.terminal)
+        return p
+
     async def _handle(self, msgs: Sequence[Received]) -> None:
-        parsed = [(m, parse(m.topic, m.payload)) for m in msgs]
+        parsed = [(m, self._check(m)) for m in msgs]
         await self._resolve_unknown(parsed)
         write = BatchWrite()
         counts: Counter[str] = Counter()
@@ -267,7 +301,7 @@ class Pipeline:
                 if refused is not None:
                     p = Rejection(refused[0], refused[1], m.topic, p.terminal)  # type: ignore[arg-type]
             if isinstance(p, Rejection):
-                write.dead.append(self._dead(m, p.reason, p.detail))
+                write.dead.append(self._dead(m, p.reason, p.detail, p.terminal))
                 counts["rejected"] += 1
                 continue
             if p.terminal not in self._known:
@@ -442,14 +476,15 @@ class Pipeline:
             False,
         )
 
-    def _dead(self, m: Received, reason: str, detail: str) -> DeadLetter:
+    def _dead(self, m: Received, reason: str, detail: str, terminal: str | None) -> DeadLetter:
         limit = self.settings.dead_letter_payload_max_chars
         text = m.payload[: limit * 4].decode("utf-8", errors="replace")[:limit]
         return DeadLetter(
             received_at=_dt(m.received_at),
-            topic=m.topic[:255],
-            reason=f"{reason}: {detail}"[:255],
+            topic=m.topic[:255].replace("\x00", "\ufffd"),
+            reason=f"{reason}: {detail}"[:255].replace("\x00", "\ufffd"),
             payload=text.replace("\x00", "\ufffd"),  # PostgreSQL text cannot hold NUL
+            terminal=terminal,  # from a parsed topic: a valid terminal id or None
         )
 
     async def _resolve_unknown(self, parsed: list[tuple[Received, Message | Rejection]]) -> None:
@@ -480,7 +515,7 @@ class Pipeline:
         while True:
             try:
                 if write:
-                    await write_batch(write, self.settings.dead_letter_max_rows)
+                    await write_batch(write, self.settings.dead_letter_max_per_terminal)
                 return True
             except (DBConnectionError, OperationalError, OSError) as e:
                 if self._stop.is_set() and delay > 1:

@@ -113,6 +113,9 @@ class Received:
     received_at: float
     #: Which connection delivered it (acks are only valid on that one).
     connection: int
+    #: Why the receiver could not take it as a message ("reason: detail"); the pipeline
+    #: dead-letters it and acknowledges it like any refused message, so it never comes back.
+    refused: str | None = None
 
 
 class _Link(asyncio.Protocol):
@@ -273,7 +276,9 @@ class Receiver:
 
     # -- packets (the event loop, from _Link.data_received) ---------------------------------
 
-    def _packets(self, link: _Link, packets: list[wire.Publish | wire.Packet]) -> None:
+    def _packets(
+        self, link: _Link, packets: list[wire.Publish | wire.BadPublish | wire.Packet]
+    ) -> None:
         items = self._items
         now = time.time()
         number = link.number
@@ -282,14 +287,25 @@ class Receiver:
                 try:
                     topic = p.topic.decode()
                 except UnicodeDecodeError:
-                    # MQTT forbids it; ack (it can never become valid) so the flow goes on.
-                    log.warning("dropped a message with a topic that is not UTF-8")
-                    if p.qos:
-                        link.write(wire.puback(p.packet_id))
+                    # MQTT forbids it; it can never become valid: dead-lettered and acked.
+                    items.append(
+                        Received(
+                            p.topic.decode(errors="replace"), p.payload, p.qos, p.retain,
+                            p.dup, p.packet_id, now, number, refused="bad_topic: not UTF-8",
+                        )
+                    )  # fmt: skip
                     continue
                 items.append(
                     Received(topic, p.payload, p.qos, p.retain, p.dup, p.packet_id, now, number)
                 )
+            elif type(p) is wire.BadPublish:
+                log.warning("broker sent a malformed PUBLISH (%s); dead-lettering it", p.problem)
+                items.append(
+                    Received(
+                        p.topic.decode(errors="replace"), b"", p.qos, False, False, p.packet_id,
+                        now, number, refused=f"bad_packet: {p.problem}",
+                    )
+                )  # fmt: skip
             else:
                 assert isinstance(p, wire.Packet)
                 self._control(link, p)

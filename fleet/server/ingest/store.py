@@ -106,7 +106,7 @@ class BatchWrite:
         )
 
 
-async def write_batch(batch: BatchWrite, dead_letter_max_rows: int) -> None:
+async def write_batch(batch: BatchWrite, dead_letter_max_per_terminal: int) -> None:
     """Store one batch in one transaction; raises what the database raises."""
     async with in_transaction() as conn:
         if batch.new_terminals:
@@ -125,11 +125,22 @@ async def write_batch(batch: BatchWrite, dead_letter_max_rows: int) -> None:
         await _update_terminals(batch.latest, conn)
         if batch.dead:
             await DeadLetter.bulk_create(batch.dead, using_db=conn)
-            # Bounded: keep the newest rows. Ids only grow, so one range delete does it.
-            newest = await DeadLetter.all().using_db(conn).order_by("-id").first()
-            if newest is not None:
-                floor = newest.id - dead_letter_max_rows
-                await DeadLetter.filter(id__lte=floor).using_db(conn).delete()
+            for terminal in {d.terminal for d in batch.dead}:
+                await _trim_dead_letters(terminal, dead_letter_max_per_terminal, conn)
+
+
+async def _trim_dead_letters(terminal: str | None, keep: int, conn: BaseDBAsyncClient) -> None:
+    """Keep a terminal's newest `keep` dead letters. Ids only grow: one range delete does it."""
+    mine = (
+        DeadLetter.filter(terminal=terminal)
+        if terminal is not None
+        else DeadLetter.filter(terminal__isnull=True)
+    )
+    oldest_kept = (
+        await mine.using_db(conn).order_by("-id").offset(keep - 1).limit(1).values_list("id")
+    )
+    if oldest_kept:
+        await mine.filter(id__lt=oldest_kept[0][0]).using_db(conn).delete()
 
 
 # Samples and latest-state updates are written with plain parameterised SQL, one executemany

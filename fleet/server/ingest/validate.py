@@ -68,6 +68,9 @@ Reason = Literal[
     "terminal_mismatch",
     "schema",
     "internal_error",
+    # Set by the pipeline and the receiver, not by `parse`:
+    "clock_skew",
+    "bad_packet",
 ]
 Kind = Literal["presence", "status", "event", "reported", "cmd/result"]
 
