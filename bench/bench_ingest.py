@@ -212,7 +212,9 @@ def api_get(url: str, token: str = "") -> bytes:
 
 
 def stored_count(api: str) -> int:
-    for line in api_get(api + "/metrics").decode().splitlines():
+    # The server inherits FLEET_METRICS_TOKEN from this environment, if it is set.
+    scrape = api_get(api + "/metrics", os.environ.get("FLEET_METRICS_TOKEN", ""))
+    for line in scrape.decode().splitlines():
         if line.startswith('fleet_ingest_messages_total{result="stored"}'):
             return int(float(line.split()[-1]))
     return 0
@@ -394,22 +396,23 @@ def main() -> int:
     os.chmod(data, 0o755)  # the broker drops to the mosquitto user
     broker = EmbeddedBroker(data / "mosquitto", server_user=USER, server_password=PASSWORD)
     broker.start()
-    server = Server(broker.port, data)
+    server = Server(broker.server_port, data)
     try:
-        raw = raw_rate(broker.port, args.messages, args.terminals)
+        raw = raw_rate(broker.server_port, args.messages, args.terminals)
         print(f"raw paho subscriber: {raw['received']} msgs in {raw['seconds']:.2f} s = "
               f"{raw['rate']:,.0f} msg/s", flush=True)  # fmt: skip
         server.start()
         token = server.token()
-        c = client(broker.port, "bench-warmup")  # the probe terminal registers before the load
+        # The probe terminal registers before the load.
+        c = client(broker.server_port, "bench-warmup")
         c.loop_start()
         c.publish(f"fleet/v1/t/{PROBE}/status", status_payload(0), qos=1).wait_for_publish(5)
         c.disconnect()
         c.loop_stop()
-        drain = stack_drain(server, broker.port, args.messages, args.terminals)
+        drain = stack_drain(server, broker.server_port, args.messages, args.terminals)
         while not server.ready():
             time.sleep(0.05)
-        live = paced(server, broker.port, token, args.rate, args.seconds, args.terminals)
+        live = paced(server, broker.server_port, token, args.rate, args.seconds, args.terminals)
         server.stop()
         drain["stored"] = stored_in_db(data, 1_000_000, 2_000_000)
         live["stored"] = stored_in_db(data, 2_000_000, 3_000_000)

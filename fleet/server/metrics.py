@@ -186,6 +186,12 @@ class FleetMetrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=self.registry,
         )
+        self.ingest_storage_retries = Counter(
+            "fleet_ingest_storage_retries",
+            "Ingest database calls that failed because the database was away, and were retried "
+            "(the messages stay unacknowledged meanwhile)",
+            registry=self.registry,
+        )
         self.snapshot_errors = Counter(
             "fleet_state_snapshot_errors",
             "Scrapes that could not read the fleet state and served the previous snapshot",

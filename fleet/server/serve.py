@@ -53,6 +53,10 @@ CONNECT_WAIT_S = 10.0
 NEW_TERMINAL_SCAN_S = 15.0
 #: How often rollouts look for timed-out terminals and an opened maintenance window.
 ROLLOUT_TICK_S = 5.0
+#: At a stop, how long the ingest's tasks get to finish the batch in hand.
+STOP_WAIT_S = 4.0
+#: At a stop, how long open HTTP connections (event streams never end) get to close.
+HTTP_STOP_WAIT_S = 3
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,8 @@ def ingest_hook(
             await receiver.wait_connected(CONNECT_WAIT_S)
         if not receiver.connected:
             log.warning("broker %s:%d not reachable yet; retrying", address.host, address.port)
-        ctx.ingest_ready = lambda: receiver.connected
+        # Ready only while it can also store: a database that is away holds the ingest.
+        ctx.ingest_ready = lambda: receiver.connected and pipeline.storage_ok
         ctx.alert_engine = pipeline.engine
         stop_retention, stop_forecast = asyncio.Event(), asyncio.Event()
         tasks = [
@@ -135,10 +140,18 @@ def ingest_hook(
             pipeline.stop()
             stop_retention.set()
             stop_forecast.set()
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-            for task, result in zip(tasks, results, strict=True):
-                if isinstance(result, BaseException):
-                    log.error("%s ended with %r", task.get_name(), result)
+            # A task stuck in a database call (a server gone silent) must not hold the stop:
+            # whatever it had not acknowledged stays with the broker.
+            _, stuck = await asyncio.wait(tasks, timeout=STOP_WAIT_S)
+            for task in stuck:
+                log.error("%s did not stop in %.0f s; cancelled", task.get_name(), STOP_WAIT_S)
+                task.cancel()
+            if stuck:
+                await asyncio.wait(stuck, timeout=1)
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    if (error := task.exception() if task.done() else None) is not None:
+                        log.error("%s ended with %r", task.get_name(), error)
             await receiver.stop()
 
     return run_ingest
@@ -267,6 +280,8 @@ def serve(settings: Settings, *, log_level: str = "info") -> int:
             log_level=log_level,
             # One line per request is noise at fleet scale; errors are still logged.
             access_log=False,
+            # Without it a SIGTERM waits for every open event stream to end: for ever.
+            timeout_graceful_shutdown=HTTP_STOP_WAIT_S,
         )
         server = uvicorn.Server(config)
         stopped_by = _catch_stop_signals()

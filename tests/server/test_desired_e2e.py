@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from fleet.server.broker_files import BROKER_SUBDIR, BrokerFiles
 from fleet.server.settings import Settings
 from tests.server.mqtt_helpers import connect
 from tests.services.fleet_server import BIN, Server, wait_until
@@ -114,7 +115,8 @@ def test_a_change_reaches_online_and_later_terminals_and_drift_clears(server: Se
 
         # A tampered document (someone with broker access) is refused; T1 keeps the good one.
         settings = Settings(dev_mode=True, data_dir=s.data)
-        port = int(re.search(r"mqtt://127.0.0.1:(\d+)", t1.read_text()).group(1))  # type: ignore[union-attr]
+        # The server's user logs in on the broker's server listener only.
+        _, port = BrokerFiles(s.data / BROKER_SUBDIR).server_listener()
         pub = connect(
             port, settings.broker_admin_user, settings.broker_admin_password.get_secret_value()
         )

@@ -148,7 +148,7 @@ def test_database_hook_runs_before_the_broker_user_and_can_refuse() -> None:
 def test_provisioned_credentials_publish_own_status_only(broker: EmbeddedBroker) -> None:
     text, password = provision_terminal("T-0042", "hall", "sim", broker.url, broker, None)
     assert "T-0042" in broker.users()
-    server = connect(broker.port, *SERVER)
+    server = connect(broker.server_port, *SERVER)  # the server's own listener
     terminal = connect(broker.port, "T-0042", password, client_id="T-0042")
     try:
         server.subscribe("fleet/v1/t/+/status")

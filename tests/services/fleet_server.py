@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,7 +71,11 @@ class Server(Running):
 
 @contextlib.contextmanager
 def fleet_serve(
-    prefix: str, *, status_interval_s: int, ready_timeout_s: float = 20.0
+    prefix: str,
+    *,
+    status_interval_s: int,
+    ready_timeout_s: float = 20.0,
+    extra_env: Mapping[str, str] | None = None,
 ) -> Iterator[Running]:
     # /tmp, open to the `mosquitto` user the broker drops to (pytest's tmp_path is 0700).
     data = Path(tempfile.mkdtemp(prefix=prefix))
@@ -86,6 +90,7 @@ def fleet_serve(
     }
     for name in ("FLEET_BROKER_URL", "FLEET_DATABASE_URL", "DATABASE_URL", "FLEET_CONFIG"):
         env.pop(name, None)
+    env.update(extra_env or {})
     log = (data / "serve.log").open("wb")
     proc = subprocess.Popen(
         [str(BIN / "fleet"), "serve", "--log-level", "warning"],

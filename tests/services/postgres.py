@@ -40,6 +40,10 @@ class Postgres:
     port: int = field(default_factory=free_port)
     dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pg-")))
     _names: itertools.count[int] = field(default_factory=itertools.count)
+    #: Commits acknowledged only once in the WAL (synchronous_commit on). Off, a crash of the
+    #: server (`stop("immediate")`) loses the last commits it had acknowledged: fine for tests
+    #: that never crash it, wrong for the fault tests that count every row.
+    durable_commits: bool = False
 
     @property
     def data(self) -> Path:
@@ -54,9 +58,16 @@ class Postgres:
             check=True,
             capture_output=True,
         )
+        return self.launch()
+
+    def launch(self) -> Postgres:
+        """Start the server on the existing data folder (after `start`, and after `stop`)."""
+        # fsync off is safe against a crash of the server process (the OS keeps its writes);
+        # synchronous_commit off is not (the WAL still in the server's memory is lost).
+        sync = "on" if self.durable_commits else "off"
         options = (
             f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+            f"-c synchronous_commit={sync} -c full_page_writes=off -c max_connections=200"
         )
         log = str(self.dir / "log")
         subprocess.run(
@@ -101,10 +112,11 @@ class Postgres:
         name = url.rsplit("/", 1)[1]
         self.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "fast") -> None:
+        """`pg_ctl stop`; mode "immediate" is a crash: every connection cut mid-query."""
         if (self.data / "postmaster.pid").exists():
             subprocess.run(
-                _as_postgres([str(BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop"]),
+                _as_postgres([str(BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "stop"]),
                 check=False,
                 capture_output=True,
                 timeout=60,

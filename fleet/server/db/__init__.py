@@ -18,6 +18,8 @@ from tortoise.backends.base.executor import EXECUTOR_CACHE
 from tortoise.connection import get_connection
 from tortoise.migrations.executor import MigrationExecutor
 
+from fleet.server.db import pool_fix
+
 APP_LABEL = "fleet"
 MODELS_MODULE = "fleet.server.db.models"
 MIGRATIONS_MODULE = "fleet.server.db.migrations"
@@ -61,6 +63,7 @@ async def init_db(database_url: str, *, migrate: bool = True) -> None:
     that calls this runs in another task than the requests that query.
     """
     _make_sqlite_folder(database_url)
+    pool_fix.install()
     await Tortoise.init(config=tortoise_config(database_url), _enable_global_fallback=True)
     if migrate:
         await apply_migrations(database_url)

@@ -31,10 +31,14 @@ was created by hand. Refusing it would hide a working kiosk, so it is registered
 the site `unassigned` (model `unknown`) and logged; an operator then moves it to its site. What
 a terminal publishes as someone else never gets here (the ACL refuses it at the broker).
 
-Storage failures. A database that is down or locked is retried with a capped backoff and the
-messages stay unacknowledged (the broker holds the rest: backpressure, not loss). A batch the
-database refuses for its content is dead-lettered message by message with reason `store_failed`,
-so one bad row cannot stop the ingest.
+Storage failures. Every database call of a batch goes through `_retrying`: an error that says
+the database is away (db.transient.is_transient: a connection lost mid-query, a dead pool,
+PostgreSQL shutting down or starting, a deadlock, SQLite busy) is retried in place with a capped
+backoff and a fresh pool, the batch's messages stay unacknowledged (the broker holds the rest:
+backpressure, not loss) and `storage_ok` is False, which /healthz reports. A stop asked for
+meanwhile leaves the batch unacknowledged (`StorageUnavailable`); the broker redelivers it to
+the next server. Only a batch the database refuses for its content is dead-lettered (reason
+`store_failed`), so one bad row cannot stop the ingest.
 
 Agent updates. Stored `update_*` events (fleet.server.rollouts.engine.UPDATE_EVENTS) are handed
 to `update_events` (the rollout engine) after the batch is stored; a failure there is logged and
@@ -54,9 +58,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
-
-from tortoise.exceptions import DBConnectionError, IntegrityError, OperationalError
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 from agent.desired.document import DocumentError, check_reported
 from fleet.firmware import HardwareModel
@@ -65,6 +68,7 @@ from fleet.server.alerts import Transition as AlertTransition
 from fleet.server.alerts.rules import paper_level
 from fleet.server.alerts.thresholds import ThresholdsByModel
 from fleet.server.db.models import Alert, DeadLetter, SeqGap, Terminal, TerminalEvent
+from fleet.server.db.transient import is_transient, reset_pool
 from fleet.server.desired import commands
 from fleet.server.desired.drift import record_reported
 from fleet.server.events_bus import EventBus
@@ -104,6 +108,12 @@ log = logging.getLogger(__name__)
 #: Status reports decide these; presence decides terminal_offline (see fleet.server.alerts).
 _STATUS_SCOPE = STATUS_RULES | {"terminal_offline"}
 _RETRY_MAX_S = 10.0
+
+T = TypeVar("T")
+
+
+class StorageUnavailable(Exception):
+    """The database was still away when the ingest was asked to stop: nothing was acked."""
 
 
 class MessageSource(Protocol):
@@ -180,6 +190,10 @@ class Pipeline:
         self._stop = asyncio.Event()
         #: Totals by result, also when no metrics are attached (tests, the benchmark).
         self.counts: Counter[str] = Counter()
+        #: False while the database is unavailable (the ingest holds its batch and retries).
+        self.storage_ok = True
+        #: Database calls that failed for a transient reason and were retried.
+        self.storage_retries = 0
 
     # -- start-up -----------------------------------------------------------------------------
 
@@ -226,12 +240,19 @@ class Pipeline:
                 break
             msgs = get.result()
             try:
-                await self.handle(msgs)
-            except Exception:
-                # A bug must cost this batch, not the ingest: holding its messages unacked
-                # would stop the broker's flow to us for good (Receive Maximum).
-                log.exception("ingest failed on a batch of %d; dead-lettering it", len(msgs))
-                await self._dead_letter_all(msgs, "internal_error")
+                try:
+                    await self.handle(msgs)
+                except StorageUnavailable:
+                    raise
+                except Exception:
+                    # A bug must cost this batch, not the ingest: holding its messages unacked
+                    # would stop the broker's flow to us for good (Receive Maximum).
+                    log.exception("ingest failed on a batch of %d; dead-lettering it", len(msgs))
+                    await self._dead_letter_all(msgs, "internal_error")
+            except StorageUnavailable as e:
+                log.warning("stopping with %d messages not stored (%s): not acknowledged, the "
+                            "broker keeps them", len(msgs), e)  # fmt: skip
+                break
             source.ack_many(msgs)
 
     async def _dead_letter_all(self, msgs: Sequence[Received], reason: str) -> None:
@@ -240,9 +261,41 @@ class Pipeline:
             dead=[self._dead(m, reason, "see the server log", _topic_terminal(m)) for m in msgs]
         )
         try:
-            await write_batch(rows, self.settings.dead_letter_max_per_terminal)
+            await self._retrying(
+                "dead-lettering a batch",
+                lambda: write_batch(rows, self.settings.dead_letter_max_per_terminal),
+            )
+        except StorageUnavailable:
+            raise
         except Exception:
             log.exception("could not dead-letter the batch either")
+
+    async def _retrying(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        """`op()`, again and again while the database is unavailable (see the module docstring);
+        any other error is raised at once."""
+        delay = 0.1
+        while True:
+            try:
+                result = await op()
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                self.storage_ok = False
+                self.storage_retries += 1
+                if self.metrics is not None:
+                    self.metrics.ingest_storage_retries.inc()
+                reset_pool()  # its connections may be dead or stuck in a failed transaction
+                if self._stop.is_set():
+                    raise StorageUnavailable(f"{what}: {e!r}") from e
+                log.error("%s failed (%r); retrying in %.1f s", what, e, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                delay = min(delay * 2, _RETRY_MAX_S)
+                continue
+            if not self.storage_ok:
+                log.warning("the database is back: %s succeeded", what)
+                self.storage_ok = True
+            return result
 
     def stop(self) -> None:
         self._stop.set()
@@ -374,8 +427,8 @@ class Pipeline:
 
     # -- reported and cmd/result ----------------------------------------------------------------
 
-    @staticmethod
     async def _known_commands(
+        self,
         parsed: list[tuple[Received, Message | Rejection]],
     ) -> set[Any]:
         pairs = set()
@@ -383,7 +436,7 @@ class Pipeline:
             if isinstance(p, CmdResult):
                 with contextlib.suppress(DocumentError):
                     pairs.add((commands.check_result(p.raw).id, p.terminal))
-        return await commands.known(pairs)
+        return await self._retrying("reading commands", lambda: commands.known(pairs))
 
     @staticmethod
     def _desired_side(
@@ -410,12 +463,20 @@ class Pipeline:
         now = _dt(self.clock())
         for tid, doc, ts in side.reported:
             try:
-                await record_reported(tid, doc, ts, now)
+                await self._retrying(
+                    "storing a reported message", partial(record_reported, tid, doc, ts, now)
+                )
+            except StorageUnavailable:
+                raise
             except Exception:
                 log.exception("storing a reported message of %s failed", tid)
         for result, at in side.results:
             try:
-                await commands.record(result, at)
+                await self._retrying(
+                    "storing a command result", partial(commands.record, result, at)
+                )
+            except StorageUnavailable:
+                raise
             except Exception:
                 log.exception("storing the result of command %s failed", result.id)
 
@@ -428,8 +489,11 @@ class Pipeline:
             if e.kind in UPDATE_EVENTS
         ]
         if updates:
+            feed = self.update_events
             try:
-                await self.update_events(updates)
+                await self._retrying("feeding update events", lambda: feed(updates))
+            except StorageUnavailable:
+                raise
             except Exception:
                 log.exception("the rollout engine failed on %d update events", len(updates))
 
@@ -496,8 +560,11 @@ class Pipeline:
         }
         if not unknown:
             return
-        rows = await Terminal.filter(id__in=list(unknown)).values_list(
-            "id", "site_id", "model", "last_seq"
+        rows = await self._retrying(
+            "looking up new terminals",
+            lambda: Terminal.filter(id__in=list(unknown)).values_list(
+                "id", "site_id", "model", "last_seq"
+            ),
         )
         for tid, site, model, last_seq in rows:
             self._known[tid] = _Known(site, model)
@@ -510,25 +577,21 @@ class Pipeline:
         parsed: list[tuple[Received, Message | Rejection]],
         counts: Counter[str],
     ) -> bool:
-        """Write the batch; True once stored (or dead-lettered instead)."""
-        delay = 0.1
-        while True:
-            try:
-                if write:
-                    await write_batch(write, self.settings.dead_letter_max_per_terminal)
-                return True
-            except (DBConnectionError, OperationalError, OSError) as e:
-                if self._stop.is_set() and delay > 1:
-                    log.error("database still unavailable at shutdown (%s): batch not acked", e)
-                    raise
-                log.error("storing a batch failed (%s); retrying in %.1f s", e, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX_S)
-            except (IntegrityError, ValueError, TypeError):
-                log.exception("the database refused a batch; dead-lettering its messages")
-                await self._dead_letter_all([m for m, _ in parsed], "store_failed")
-                counts.clear()
-                return False
+        """Write the batch, waiting out a database that is away; False when the database refused
+        the rows themselves and the batch's messages were dead-lettered instead."""
+        if not write:
+            return True
+        keep = self.settings.dead_letter_max_per_terminal
+        try:
+            await self._retrying("storing a batch", lambda: write_batch(write, keep))
+            return True
+        except StorageUnavailable:
+            raise
+        except Exception:  # not transient (see _retrying): the rows themselves
+            log.exception("the database refused a batch; dead-lettering its messages")
+            await self._dead_letter_all([m for m, _ in parsed], "store_failed")
+            counts.clear()
+            return False
 
     async def _after_store(
         self,
@@ -578,7 +641,10 @@ class Pipeline:
         self, tr: PresenceTransition, alerts: list[AlertTransition]
     ) -> None:
         at = _dt(tr.at)
-        await persist_presence(tr.terminal, tr.online, tr.reason, at)
+        await self._retrying(
+            "storing a presence change",
+            lambda: persist_presence(tr.terminal, tr.online, tr.reason, at),
+        )
         if tr.online:
             alerts += self.engine.update(tr.terminal, at, [], scope={"terminal_offline"})
         else:
@@ -603,7 +669,7 @@ class Pipeline:
 
     async def _persist_alerts(self, transitions: list[AlertTransition]) -> None:
         for t in transitions:
-            alert_id = await persist_alert(t)
+            alert_id = await self._retrying("storing an alert", partial(persist_alert, t))
             if alert_id is None or self.bus is None:
                 continue
             cleared = isinstance(t, Cleared)
