@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # rustup's cargo may be missing from a non-login shell's PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: setup develop run test test-rust test-py lint fmt typecheck bench fuzz check
+.PHONY: setup develop run test test-rust test-py test-installs lint fmt typecheck bench fuzz check
 
 setup:
 	./scripts/setup.sh
@@ -16,18 +16,24 @@ develop: setup
 run: setup
 	./scripts/run_product.sh
 
-# Sequential on purpose (also under -j): set-up, lint, type-check, Rust tests, Python tests.
+# Sequential on purpose (also under -j): set-up, lint, type-check, Rust tests, Python tests,
+# then the installs.
 test: setup
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory typecheck
 	$(MAKE) --no-print-directory test-rust
 	$(MAKE) --no-print-directory test-py
+	$(MAKE) --no-print-directory test-installs
 
 test-rust:
 	cargo test --locked -p rust_core
 
 test-py:
 	$(PY) -m pytest -q
+
+# Each install the README names (.[auditor], .[server], .[agent]) in a fresh venv, by its commands.
+test-installs:
+	./scripts/check_installs.sh
 
 fmt:
 	cargo fmt --all

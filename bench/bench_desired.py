@@ -87,7 +87,10 @@ def http(url: str, token: str, method: str = "GET", body: Any = None) -> Any:
 
 
 def drift(url: str) -> float:
-    with _OPENER.open(url + "/metrics", timeout=30) as r:
+    req = urllib.request.Request(url + "/metrics")
+    if os.environ.get("FLEET_METRICS_TOKEN"):  # the server inherits it from this environment
+        req.add_header("Authorization", f"Bearer {os.environ['FLEET_METRICS_TOKEN']}")
+    with _OPENER.open(req, timeout=30) as r:
         text = r.read().decode()
     m = re.search(r"^fleet_desired_drift_terminals (\S+)$", text, re.M)
     return float(m.group(1)) if m else float("nan")

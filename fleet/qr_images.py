@@ -7,7 +7,7 @@ are imported when first used, so the rest of `fleet` works without them.
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Any, BinaryIO
 
 #: Images larger than this are refused before they are decoded into memory (a 40 MP grayscale
 #: image is 40 MB; a phone photo is 12-50 MP, a 600 dpi A4 scan 35 MP).
@@ -41,26 +41,29 @@ def ensure_available() -> None:
     _libs()
 
 
+def image_size(source: bytes | BinaryIO) -> tuple[int, int]:
+    """(width, height) as the image's header declares them, which is what decoding it would
+    allocate and scan, read without decoding anything (Pillow opens images lazily).
+
+    Raises ImageUnreadable for what is not an image, or one over MAX_PIXELS.
+    """
+    _, Image = _libs()
+    with _open(Image, source) as img:
+        return _checked_size(img)
+
+
 def decode_qr_texts(data: bytes) -> list[str]:
     """The text of every QR code found in the image, in the order zxing-cpp reports them.
 
     Raises ImageUnreadable for bytes that are not a PNG/JPEG/... image or too many pixels.
     """
     zxingcpp, Image = _libs()
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-            if width * height > MAX_PIXELS:
-                raise ImageUnreadable(
-                    f"image of {width}x{height} pixels is over the {MAX_PIXELS:,} pixel limit"
-                )
+    with _open(Image, data) as img:
+        _checked_size(img)  # before convert(), which decodes
+        try:
             gray = img.convert("L")  # also drops alpha: transparent PNGs decode as on white
-    except ImageUnreadable:
-        raise
-    except Image.UnidentifiedImageError:
-        raise ImageUnreadable("not an image (PNG, JPEG, ...) that can be read") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageUnreadable(f"not a readable image ({e})") from None
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise ImageUnreadable(f"not a readable image ({e})") from None
     fmt = zxingcpp.BarcodeFormat.QRCode
     found = zxingcpp.read_barcodes(gray, formats=fmt)
     if not found:
@@ -69,3 +72,22 @@ def decode_qr_texts(data: bytes) -> list[str]:
             gray, formats=fmt, binarizer=zxingcpp.Binarizer.GlobalHistogram
         )
     return [str(b.text) for b in found if b.valid]
+
+
+def _open(Image: Any, source: bytes | BinaryIO) -> Any:
+    """The image with only its header read; ImageUnreadable if there is none."""
+    try:
+        return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except Image.UnidentifiedImageError:
+        raise ImageUnreadable("not an image (PNG, JPEG, ...) that can be read") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageUnreadable(f"not a readable image ({e})") from None
+
+
+def _checked_size(img: Any) -> tuple[int, int]:
+    width, height = int(img.size[0]), int(img.size[1])
+    if width * height > MAX_PIXELS:
+        raise ImageUnreadable(
+            f"image of {width}x{height} pixels is over the {MAX_PIXELS:,} pixel limit"
+        )
+    return width, height

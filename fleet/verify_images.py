@@ -24,6 +24,7 @@ from fleet.qr_images import (
     ImageUnreadable,
     decode_qr_texts,
     ensure_available,
+    image_size,
 )
 
 SIGNED_VERDICTS = frozenset({"valid", "revoked", "expired", "not_yet_valid"})
@@ -81,7 +82,13 @@ def image_files(directory: str) -> list[Path]:
 def _decode(path: Path) -> list[str] | str:
     """The texts of the codes in one image, or why it could not be read."""
     try:
-        return decode_qr_texts(path.read_bytes())
+        with path.open("rb") as f:
+            # The server's guard, per image: its header is checked against the pixel limit
+            # before the file is read whole or anything is decoded.
+            image_size(f)
+            f.seek(0)
+            data = f.read()
+        return decode_qr_texts(data)
     except OSError as e:
         return f"cannot read ({e.strerror})"
     except ImageUnreadable as e:

@@ -531,3 +531,86 @@ def test_python_dash_m_fleet_cli_works_too(issuer: dict[str, Any]) -> None:
     )
     assert r.returncode == 0
     assert r.stdout.decode("utf-8").split("\t")[2] == NAME
+
+
+#: Top-level modules of the extras (server, agent, images) and of `dev` alone (httpx).
+NOT_STDLIB = frozenset(
+    {
+        "fastapi",
+        "starlette",
+        "uvicorn",
+        "tortoise",
+        "pydantic",
+        "pydantic_settings",
+        "prometheus_client",
+        "jinja2",
+        "paho",
+        "tuf",
+        "securesystemslib",
+        "PIL",
+        "zxingcpp",
+        "httpx",
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("argv", "allowed"),
+    [
+        (["--help"], set()),
+        (["verify", "--help"], set()),
+        (["keys", "--help"], set()),
+        (["sign", "--help"], set()),
+        (["demo", "--help"], set()),
+        # The server's commands may load the server's stack, never what only `dev` installs.
+        (["serve", "--help"], NOT_STDLIB - {"httpx"}),
+        (["tokens", "--help"], NOT_STDLIB - {"httpx"}),
+        (["terminals", "--help"], NOT_STDLIB - {"httpx"}),
+        # The API clients use the standard library's HTTP.
+        (["config", "--help"], set()),
+        (["rollouts", "--help"], set()),
+    ],
+)
+def test_a_subcommand_imports_only_what_its_install_has(argv: list[str], allowed: set[str]) -> None:
+    """`pip install '.[auditor]'` has no server stack and no httpx: `fleet verify` must not
+    import them (scripts/check_installs.sh proves it in fresh virtual environments)."""
+    code = (
+        "import sys\n"
+        "from fleet.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})), file=sys.stderr)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    loaded = set(r.stderr.split())
+    assert r.stdout.startswith("usage: fleet"), r.stderr
+    assert loaded & NOT_STDLIB <= allowed, sorted(loaded & NOT_STDLIB - allowed)
+
+
+def test_the_listing_names_every_subcommand_with_its_own_help() -> None:
+    """`fleet --help` lists COMMANDS without importing them; it must say what the modules do."""
+    import argparse
+
+    from fleet.cli import COMMANDS, build_parser
+
+    def listed(parser: argparse.ArgumentParser) -> dict[str, str | None]:
+        (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return {a.dest: a.help for a in sub._choices_actions}
+
+    real = listed(build_parser("*"))
+    assert real == {name: c.help for name, c in COMMANDS.items()}
+    assert listed(build_parser(None)) == real
+
+
+def test_the_api_clients_errors_name_the_field_in_words() -> None:
+    """A 422's list of errors reaches the operator as `field: message`, not a Python list."""
+    from fleet.api_client import _detail
+
+    body = '{"detail": [{"type": "x", "loc": ["body", "paper", "low_pct"], "msg": "1..99"}]}'
+    assert _detail(body) == "paper.low_pct: 1..99"
+    assert _detail('{"detail": "no such rollout"}') == "no such rollout"
+    assert _detail("<html>bad gateway</html>") == "<html>bad gateway</html>"

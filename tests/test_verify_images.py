@@ -16,6 +16,7 @@ from PIL import Image, ImageFilter
 
 import rust_core
 from fleet.demo import FORGED_NAME, NAME, forge_name, sample_claims
+from tests.image_bombs import declared_png
 
 ISSUER = "CN-510107"
 NOW = 1_767_225_600
@@ -154,3 +155,20 @@ def test_csv_cells_cannot_become_formulas() -> None:
     row = Row("=cmd.png", 1, '=HYPERLINK("x")', "malformed", "", "", "-bad")
     body = csv_report([row]).splitlines()[1]
     assert body.startswith("'=cmd.png,1,") and "'-bad" in body
+
+
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header(tmp_path: Path) -> None:
+    """The limit is read from the header before anything is decoded: this PNG declares 64 MP
+    and holds ~100 bytes, so decoding it would fail on the missing data instead."""
+    key = rust_core.SigningKey.generate()
+    (tmp_path / "trust.json").write_text(rust_core.trust_list_json([key], ISSUER))
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "huge.png").write_bytes(declared_png(8_000, 8_000))
+    (images / "fits.png").write_bytes(declared_png(7_700, 7_700))
+    r = fleet("verify", "--trust", str(tmp_path / "trust.json"), "--images", str(images))
+    assert r.returncode == 1, r.stderr
+    lines = dict(line.split("\t", 1) for line in r.stdout.splitlines())
+    assert lines["huge.png"].startswith("unreadable")
+    assert "8000x8000 pixels is over the 60,000,000 pixel limit" in lines["huge.png"]
+    assert lines["fits.png"].startswith("unreadable") and "truncated" in lines["fits.png"]

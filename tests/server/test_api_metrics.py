@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import secrets
+from pathlib import Path
+
+import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
+from pydantic import ValidationError
 
+import rust_core
 from fleet.server.alerts import RULES
 from fleet.server.metrics import FleetSnapshot
+from fleet.server.settings import Settings
 from tests.server.api_support import Api, seed_fleet
+from tests.services import mosquitto
+from tests.services.fleet_server import fleet_serve
 
 pytest_plugins = ["tests.server.api_fixtures"]
 
@@ -103,3 +113,85 @@ async def test_a_failing_snapshot_keeps_the_scrape_alive(api: Api) -> None:
     families = await _scrape(api)
     assert families["fleet_state_snapshot_errors"][0].value == 1
     assert sum(s.value for s in families["fleet_terminals"]) == 5  # the previous snapshot
+
+
+# --- who may scrape: against a real `fleet serve` ---------------------------------------------
+
+METRICS_TOKEN = "scrape-" + "s3cr3t" * 4
+
+
+def _get(url: str, token: str | None = None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    return httpx.get(url, headers=headers, timeout=10, trust_env=False)
+
+
+def _production_env(tmp_path: Path) -> dict[str, str]:
+    """What a server outside dev mode needs: real secrets and its two keys made beforehand."""
+    for name in ("config", "issuer"):
+        (tmp_path / f"{name}-key.pem").write_text(rust_core.SigningKey.generate().to_pem())
+    return {
+        "FLEET_DEV_MODE": "0",
+        "FLEET_BROKER_ADMIN_PASSWORD": secrets.token_urlsafe(24),
+        "FLEET_SESSION_SECRET": secrets.token_urlsafe(24),
+        "FLEET_CONFIG_KEY_FILE": str(tmp_path / "config-key.pem"),
+        "FLEET_ISSUER_KEY_FILE": str(tmp_path / "issuer-key.pem"),
+    }
+
+
+def _fleet_families(text: str) -> set[str]:
+    return {f.name for f in text_string_to_metric_families(text) if f.name.startswith("fleet_")}
+
+
+@pytest.mark.parametrize("dev_mode", [True, False])
+def test_metrics_token_is_required_when_set(tmp_path: Path, dev_mode: bool) -> None:
+    """FLEET_METRICS_TOKEN set: a scrape needs `Authorization: Bearer <it>` (Prometheus's
+    `authorization` / `bearer_token_file`), in dev mode too; an operator's API token also does."""
+    if not mosquitto.available():
+        pytest.skip("mosquitto not installed")
+    env = {} if dev_mode else _production_env(tmp_path)
+    env["FLEET_METRICS_TOKEN"] = METRICS_TOKEN
+    with fleet_serve("fleet-metrics-", status_interval_s=60, extra_env=env) as s:
+        url = s.url + "/metrics"
+        for token in (None, "wrong", METRICS_TOKEN[:-1], METRICS_TOKEN + "x"):
+            r = _get(url, token)
+            assert r.status_code == 401, (token, r.text)
+            assert r.headers["www-authenticate"].startswith("Bearer")
+            assert "fleet_" not in r.text
+        basic = {"Authorization": f"Basic {METRICS_TOKEN}"}  # the right secret, another scheme
+        assert httpx.get(url, headers=basic, trust_env=False).status_code == 401
+        r = _get(url, METRICS_TOKEN)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+        assert {"fleet_terminals", "fleet_terminal_paper_ratio"} <= _fleet_families(r.text)
+        operator = s.fleet("tokens", "create", "--role", "operator", "--name", "m").split()[0]
+        auditor = s.fleet("tokens", "create", "--role", "auditor", "--name", "a").split()[0]
+        assert _get(url, operator).status_code == 200
+        assert _get(url, auditor).status_code == 403  # least privilege: not the fleet's state
+        assert _get(s.url + "/healthz").status_code == 200  # liveness stays open
+
+
+def test_without_a_metrics_token_only_dev_mode_serves_metrics_to_anyone(tmp_path: Path) -> None:
+    """Outside dev mode with no FLEET_METRICS_TOKEN, the terminal ids, sites and paper levels
+    are for operator and admin API tokens only; dev mode (one machine, `make run`) stays open."""
+    if not mosquitto.available():
+        pytest.skip("mosquitto not installed")
+    with fleet_serve(
+        "fleet-metrics-", status_interval_s=60, extra_env=_production_env(tmp_path)
+    ) as s:
+        url = s.url + "/metrics"
+        assert _get(url).status_code == 401
+        assert _get(url, "fleet_not-a-token").status_code == 401
+        admin = s.fleet("tokens", "create", "--role", "admin", "--name", "m").split()[0]
+        auditor = s.fleet("tokens", "create", "--role", "auditor", "--name", "a").split()[0]
+        assert _get(url, auditor).status_code == 403
+        r = _get(url, admin)
+        assert r.status_code == 200 and "fleet_terminals" in _fleet_families(r.text)
+    with fleet_serve("fleet-metrics-", status_interval_s=60) as s:
+        assert _get(s.url + "/metrics").status_code == 200
+
+
+def test_a_short_metrics_token_is_refused_outside_dev_mode() -> None:
+    strong = {"broker_admin_password": "b" * 20, "session_secret": "s" * 20}
+    with pytest.raises(ValidationError, match="FLEET_METRICS_TOKEN is shorter than 16"):
+        Settings(dev_mode=False, metrics_token="short", **strong)
+    assert Settings(dev_mode=False, metrics_token="m" * 16, **strong).metrics_token is not None
+    assert Settings(dev_mode=True, metrics_token="short").metrics_token is not None

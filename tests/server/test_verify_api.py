@@ -15,8 +15,11 @@ from PIL import Image
 
 import rust_core
 from fleet.demo import FORGED_NAME, NAME, forge_name
+from fleet.qr_images import MAX_PIXELS
+from fleet.server.api.routes.verify import MAX_REQUEST_PIXELS, MAX_VERIFY_BYTES
 from fleet.server.licences.keys import Issuer, load_issuer
 from fleet.server.settings import Settings
+from tests.image_bombs import declared_png
 from tests.server.api_support import NOW, Api
 from tests.server.licence_support import ISSUER, give_issuer, issue
 
@@ -85,20 +88,15 @@ async def test_request_bounds(api: Api) -> None:
         "/api/v1/verify", json={"texts": ["x"] * 1001}, headers=api.auth("auditor")
     )
     assert r.status_code == 413 and "1000" in r.json()["detail"]
+    # The body as a whole is bounded, whatever its texts.
     r = await api.client.post(
         "/api/v1/verify",
-        json={"texts": ["ok", "L" * (rust_core.MAX_TEXT_CHARS + 1)]},
-        headers=api.auth("auditor"),
-    )
-    assert r.status_code == 422
-    assert r.json()["detail"][0]["loc"] == ["body", "texts", 1]
-    r = await api.client.post(
-        "/api/v1/verify",
-        content=b'{"texts": ["' + b"A" * 6_000_000 + b'"]}',
+        content=b'{"texts": ["' + b"A" * (MAX_VERIFY_BYTES + 1) + b'"]}',
         headers={**api.auth("auditor"), "content-type": "application/json"},
     )
-    assert r.status_code == 413
-    for bad in (b"{", b'{"texts": "LIC1:"}', b'{"at": 1}'):
+    assert r.status_code == 413 and str(MAX_VERIFY_BYTES) in r.json()["detail"]
+    # Not a list of texts at all: the request is refused, naming where.
+    for bad in (b"{", b'{"texts": "LIC1:"}', b'{"at": 1}', b'{"texts": ["ok", 5]}', b"[]"):
         r = await api.client.post(
             "/api/v1/verify",
             content=bad,
@@ -107,6 +105,60 @@ async def test_request_bounds(api: Api) -> None:
         assert r.status_code == 422, bad
         assert r.json()["detail"][0]["loc"][0] == "body"
     assert await _verify(api, []) == []
+
+
+async def test_every_text_gets_the_command_lines_verdict(api: Api, tmp_path: Path) -> None:
+    """One bad scan costs only its own verdict: over-long, not LIC1, not UTF-8, blank, a lone
+    surrogate each get the verdict `fleet verify` gives that line, beside a genuine one."""
+    give_issuer(api)
+    genuine = (await issue(api))["text"]
+    trust = tmp_path / "trust.json"
+    trust.write_text((await api.client.get("/api/v1/trust", headers=api.auth("auditor"))).text)
+    lines: list[bytes] = [
+        genuine.encode(),
+        b"L" * (rust_core.MAX_TEXT_CHARS + 1),
+        b"LIC1:" + b"A" * 5000,
+        genuine.encode() + b"A" * rust_core.MAX_TEXT_CHARS,
+        b"A" * 1_000_000,  # one huge line; the body stays under its bound
+        b"hello",
+        "营业执照".encode(),
+        b"LIC1:\xff\xfe6BF",  # not UTF-8: the CLI reads U+FFFD
+        b"  " + genuine.encode() + b"\t",  # trimmed by both
+        genuine.encode(),
+    ]
+    cli = subprocess.run(
+        [sys.executable, "-m", "fleet", "verify", "--json", "--trust", str(trust), "--at", str(AT)],
+        input=b"\n".join(lines) + b"\n",
+        capture_output=True,
+        check=False,
+    )
+    want = [json.loads(line)["verdict"] for line in cli.stdout.decode().splitlines()]
+    assert want == ["valid", *["too_large"] * 4, *["malformed"] * 3, "valid", "valid"]
+    # The same texts as a JSON body, the non-UTF-8 bytes as they came (not JSON-escaped).
+    body = b'{"at": %d, "texts": [' % AT + b", ".join(_json_bytes(x) for x in lines) + b"]}"
+    r = await api.client.post(
+        "/api/v1/verify",
+        content=body,
+        headers={**api.auth("auditor"), "content-type": "application/json"},
+    )
+    assert r.status_code == 200, r.text[:500]
+    results = r.json()["results"]
+    assert [x["verdict"] for x in results] == want
+    assert results[1]["stage"] == "length" and results[1]["claims"] is None
+    assert results[8]["serial"] == results[0]["serial"]
+    # What only JSON can say: a lone surrogate, and a blank text (the CLI skips blank lines).
+    r = await api.client.post(
+        "/api/v1/verify",
+        content=b'{"texts": ["LIC1:\\ud800", "", "%s"]}' % genuine.encode(),
+        headers={**api.auth("auditor"), "content-type": "application/json"},
+    )
+    assert r.status_code == 200, r.text
+    assert [x["verdict"] for x in r.json()["results"]] == ["malformed", "malformed", "valid"]
+
+
+def _json_bytes(raw: bytes) -> bytes:
+    """`raw` as a JSON string literal, leaving bytes that are not UTF-8 as they are."""
+    return b'"' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"').replace(b"\t", b"\\t") + b'"'
 
 
 async def test_trust_and_revoked_lists_match_the_command_line(api: Api, tmp_path: Path) -> None:
@@ -166,6 +218,41 @@ async def test_verify_images(api: Api) -> None:
     assert {x["text"] for x in two_r["results"]} == {genuine[:120], tampered[:120]}
     assert blank_r == {"file": "blank.png", "error": None, "results": []}
     assert notes_r["results"] == [] and "not an image" in notes_r["error"]
+
+
+async def test_images_share_one_pixel_budget_checked_from_their_headers(api: Api) -> None:
+    """Ten 7,700x7,700 PNGs cost seconds of CPU to decode: a request decodes at most
+    MAX_REQUEST_PIXELS, counted from the headers, and an image past it gets its own error
+    without being decoded, while the others still get their verdicts."""
+    give_issuer(api)
+    genuine = (await issue(api))["text"]
+    qr = rust_core.qr_png(genuine, 3)
+    side = 7_700  # under the per-image limit; two fit the request's budget, three do not
+    assert side * side <= MAX_PIXELS and 3 * side * side > MAX_REQUEST_PIXELS
+    big = declared_png(side, side)
+    files = [
+        ("files", (f"{i}.png", data, "image/png")) for i, data in enumerate([qr, big, big, big, qr])
+    ]
+    r = await api.client.post(
+        "/api/v1/verify/images", files=files, headers=api.auth("auditor"), params={"at": AT}
+    )
+    assert r.status_code == 200, r.text
+    images = r.json()["images"]
+    assert [[x["verdict"] for x in i["results"]] for i in images] == [
+        ["valid"],
+        [],
+        [],
+        [],
+        ["valid"],
+    ]
+    # The two that fit were decoded (and found cut short); the third was refused unread.
+    assert "truncated" in images[1]["error"] and "truncated" in images[2]["error"]
+    assert f"{MAX_REQUEST_PIXELS:,} pixel budget" in images[3]["error"]
+    assert "7700x7700" in images[3]["error"]
+    # One image over the per-image limit is refused from its header too, whatever the budget.
+    files = [("files", ("huge.png", declared_png(8_000, 8_000), "image/png"))]
+    r = await api.client.post("/api/v1/verify/images", files=files, headers=api.auth("auditor"))
+    assert "over the 60,000,000 pixel limit" in r.json()["images"][0]["error"]
 
 
 def test_load_issuer_makes_a_key_in_dev_mode_only_and_keeps_it(tmp_path: Path) -> None:

@@ -184,9 +184,9 @@ def test_new_rollout_form(admin: Page, fleet: Fleet, rollout: dict[str, Any]) ->
     page.fill("#ro-sites", "WH-HALL")
     page.click("#ro-submit")
     result = page.locator("#ro-result")
-    expect(result).to_have_text(
-        "Could not create the rollout: agent version 9.9.9 is not published in the update "
-        "repository"
+    expect(result).to_have_text(  # a 422 names its field: `version`
+        "Could not create the rollout: version: agent version 9.9.9 is not published in the "
+        "update repository"
     )
     shot(page, "rollout-new-error")
 

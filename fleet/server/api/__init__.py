@@ -25,7 +25,9 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 
 from fastapi import APIRouter, FastAPI
 
+from fleet.server.api import errors
 from fleet.server.api.context import AppContext
+from fleet.server.api.openapi import FleetAPI
 from fleet.server.api.routes import (
     alerts,
     commands,
@@ -41,7 +43,6 @@ from fleet.server.api.routes import (
     updates,
     verify,
 )
-from fleet.server.api.schemas import ErrorBody
 from fleet.server.db import close_db, init_db
 from fleet.server.settings import Settings
 from fleet.server.web import pages as web_pages
@@ -71,20 +72,15 @@ def create_app(
                 await stack.enter_async_context(hook(ctx))
             yield
 
-    app = FastAPI(
+    app = FleetAPI(
         title="Kiosk fleet API",
         version="1",
         description="Fleet state, alerts and the refill round for self-service licence kiosks.",
         lifespan=lifespan,
     )
     app.state.ctx = ctx
-    v1 = APIRouter(
-        prefix="/api/v1",
-        responses={
-            401: {"model": ErrorBody, "description": "missing, unknown or revoked token"},
-            403: {"model": ErrorBody, "description": "the token's role may not do this"},
-        },
-    )
+    errors.install(app)  # one shape per error, a logged 500 for the unexpected
+    v1 = APIRouter(prefix="/api/v1")  # 401/403/404/422 are documented by FleetAPI
     routes = (
         terminals,
         alerts,

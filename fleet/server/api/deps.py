@@ -1,11 +1,12 @@
-"""Dependencies the routes declare: the app context, the caller's role, paging."""
+"""Dependencies the routes declare: the app context and the caller's role (the values of
+path and query parameters are in params.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Query, Request, status
+from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from fleet.server.api.auth import Principal, authenticate
@@ -72,5 +73,3 @@ Ctx = Annotated[AppContext, Depends(get_context)]
 FleetReader = Annotated[Principal, Depends(require_role(FLEET_READ_ROLES))]
 FleetWriter = Annotated[Principal, Depends(require_role(FLEET_WRITE_ROLES))]
 ConfigWriter = Annotated[Principal, Depends(require_role(CONFIG_WRITE_ROLES))]
-Limit = Annotated[int, Query(ge=1, le=500, description="page size")]
-Offset = Annotated[int, Query(ge=0, description="items to skip")]

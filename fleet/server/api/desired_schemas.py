@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from fleet.server.api.params import (
+    JSON_NUMBER,
+    MAX_INT32,
+    MAX_SAFE_INT,
+    JsonInt,
+    SiteIdValue,
+    TerminalIdValue,
+)
 from fleet.server.db.models import Command, ConfigLayer, DesiredDoc, TemplateVersion
 from fleet.server.desired.drift import DriftState
 from fleet.server.desired.service import Outcome
@@ -115,7 +123,7 @@ class DesiredPublic(BaseModel):
 
 
 class RollbackBody(BaseModel):
-    version: int = Field(ge=1)
+    version: JsonInt = Field(ge=1, le=MAX_SAFE_INT)
 
 
 class TemplateVersionPublic(BaseModel):
@@ -140,12 +148,35 @@ class TemplateVersionPublic(BaseModel):
         )
 
 
+#: A template's content as `check_template` (fleet.server.desired.service) takes it; what JSON
+#: Schema cannot say (at most 1 MiB as canonical JSON) is left to that check.
+TEMPLATE_CONTENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["schema", "layout"],
+    "properties": {
+        "schema": {
+            "type": "object",
+            "description": "a JSON Schema of the form's fields",
+            "properties": {
+                "type": {"const": "object"},
+                "properties": {"type": "object", "additionalProperties": {"type": "object"}},
+                "required": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+        "layout": {"type": ["array", "object"]},
+    },
+}
+
+#: A pinned template version (the column is 32 bits), or null for the latest.
+Pin = Annotated[int, Field(ge=1, le=MAX_INT32), JSON_NUMBER] | None
+
+
 class Assignments(BaseModel):
     """Sites and terminals that get the template: id -> pinned version, or null for the latest.
     A list of ids means "the latest" for each."""
 
-    sites: dict[str, int | None] | list[str] = Field(default_factory=dict)
-    terminals: dict[str, int | None] | list[str] = Field(default_factory=dict)
+    sites: dict[SiteIdValue, Pin] | list[SiteIdValue] = Field(default_factory=dict)
+    terminals: dict[TerminalIdValue, Pin] | list[TerminalIdValue] = Field(default_factory=dict)
 
     def pins(self) -> tuple[dict[str, int | None], dict[str, int | None]]:
         def norm(v: dict[str, int | None] | list[str]) -> dict[str, int | None]:
@@ -173,7 +204,7 @@ class AssignmentsPut(Results):
 class CommandBody(BaseModel):
     name: Literal["print_test_page", "refresh_status", "restart_agent"]
     args: dict[str, Any] = Field(default_factory=dict)
-    ttl_s: int = Field(default=300, ge=5, le=86_400, description="seconds until it expires")
+    ttl_s: JsonInt = Field(default=300, ge=5, le=86_400, description="seconds until it expires")
 
 
 class CommandPublic(BaseModel):

@@ -4,50 +4,107 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, model_validator
 
 import rust_core
-from fleet.licence_claims import claims_to_json
+from fleet.licence_claims import LIC_FIELDS, claims_to_json
+from fleet.server.api.params import JSON_NUMBER, MAX_SAFE_INT, TerminalIdValue
 from fleet.server.db.models import Licence
 
 #: Verdicts reached only after the signature checked out: their claims can be believed.
 SIGNED_VERDICTS = frozenset({"valid", "revoked", "expired", "not_yet_valid"})
 #: Texts in one verify request.
 MAX_VERIFY_TEXTS = 1000
+EXAMPLE_LIC = {
+    "uscc": "92510107MA6CQ8T15F",
+    "name": "成都市武侯区蓉香小吃店",
+    "kind": "个体工商户",
+    "rep": "王秀英",
+    "addr": "四川省成都市武侯区玉林北路12号附3号",
+    "est": "2024-03-18",
+    "scope": "小吃服务；饮料及冷饮服务",
+    "term": "WH-HALL-07",
+}
 
 
-class LicenceCreate(BaseModel):
-    """A licence to issue. The server sets `iss` (its issuing authority) and `iat` (now)."""
+#: Text a required licence field may hold: rust_core refuses one that is empty or blank.
+Text = Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=r"\S")]
+#: GB 32100-2015's alphabet; the check character itself is rust_core's to judge (a 422).
+USCC_SHAPE = r"^[0-9A-HJ-NPQRTUWXY]{18}$"
+#: YYYY-MM-DD; a day the month does not have (02-30) is rust_core's to refuse.
+DATE_SHAPE = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"
+
+
+class LicFields(BaseModel):
+    """The licence fields (DESIGN.md "LIC1"), by name; their numbers ("1" … "9") are taken too."""
 
     model_config = ConfigDict(extra="forbid")
 
-    lic: dict[str, Any] = Field(
-        description='licence fields by name or number: {"uscc" | "1": …, "name" | "2": …, '
-        '"kind", "rep", "addr", "cap"?, "est" (YYYY-MM-DD), "scope"?, "term"?}',
-        examples=[
-            {
-                "uscc": "92510107MA6CQ8T15F",
-                "name": "成都市武侯区蓉香小吃店",
-                "kind": "个体工商户",
-                "rep": "王秀英",
-                "addr": "四川省成都市武侯区玉林北路12号附3号",
-                "est": "2024-03-18",
-                "scope": "小吃服务；饮料及冷饮服务",
-            }
-        ],
+    uscc: str = Field(pattern=USCC_SHAPE, description="unified social credit code")
+    name: Text
+    kind: Text = Field(description="entity type, e.g. 个体工商户")
+    rep: Text = Field(description="legal representative / operator")
+    addr: Text
+    cap: str | None = Field(default=None, max_length=500, description="registered capital")
+    est: str = Field(pattern=DATE_SHAPE, description="date established, YYYY-MM-DD")
+    scope: str | None = Field(default=None, max_length=2000, description="business scope")
+    term: Text | None = Field(
+        default=None, description="the terminal that prints it; default: `terminal`"
     )
-    terminal: str | None = Field(
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_to_names(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            name = _NAMES.get(str(key), str(key))
+            if name in out:
+                raise ValueError(f'"lic" field {key!r} is given twice (as number and name?)')
+            out[name] = value
+        return out
+
+
+_NAMES = {str(number): name for name, number in LIC_FIELDS.items()}
+
+
+class LicenceCreate(BaseModel):
+    """A licence to issue. The server sets `iss` (its issuing authority) and `iat` (now).
+
+    Field 9 (`term`, the printing terminal) is required in a licence: give `lic.term`, or
+    `terminal` (a registered terminal) and it is filled from there."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["terminal"], "properties": {"terminal": {"type": "string"}}},
+                {"properties": {"lic": {"type": "object", "required": ["term"]}}},
+            ]
+        },
+    )
+
+    lic: LicFields = Field(examples=[EXAMPLE_LIC])
+    terminal: TerminalIdValue | None = Field(
         default=None,
         description="registered terminal that prints it; also fills lic.term when that is absent",
     )
-    exp: int | None = Field(default=None, ge=0, description="expiry of this printout, epoch s")
+    exp: Annotated[int, Field(ge=0, le=MAX_SAFE_INT), JSON_NUMBER] | None = Field(
+        default=None, description="expiry of this printout, epoch s"
+    )
     cti: str | None = Field(
         default=None,
         pattern=r"^[0-9a-fA-F]{32}$",
         description="serial (32 hex digits); default: 16 random bytes chosen by the server",
     )
+
+    def lic_claims(self) -> dict[int, str]:
+        """The `lic` map as rust_core takes it (numbers as keys; absent fields left out)."""
+        given = self.lic.model_dump(exclude_none=True)
+        return {LIC_FIELDS[name]: value for name, value in given.items()}
 
 
 class LicenceIssued(BaseModel):
@@ -101,12 +158,14 @@ class RevokeBody(BaseModel):
 
 
 class VerifyBody(BaseModel):
-    texts: list[str] = Field(
-        description=f"LIC1 texts as scanned, at most {MAX_VERIFY_TEXTS}, each at most "
-        f"{rust_core.MAX_TEXT_CHARS} characters"
+    # Strict items: a number or null is not a scanned text (a client's bug, not a bad scan).
+    texts: list[Annotated[str, Strict()]] = Field(
+        description=f"LIC1 texts as scanned, at most {MAX_VERIFY_TEXTS}; every string gets a "
+        f"verdict, as in `fleet verify` (over {rust_core.MAX_TEXT_CHARS} characters `too_large`, "
+        "not LIC1 or blank `malformed`)"
     )
-    at: int | None = Field(
-        default=None, ge=0, lt=1 << 63, description="check validity at this epoch time"
+    at: Annotated[int, Field(ge=0, le=MAX_SAFE_INT), JSON_NUMBER] | None = Field(
+        default=None, description="check validity at this epoch time"
     )
 
 

@@ -6,8 +6,19 @@ from collections import Counter
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 
+from fleet.server.api.params import (
+    JSON_NUMBER,
+    MAX_INT32,
+    JsonBool,
+    JsonInt,
+    JsonNumber,
+    ModelIdValue,
+    ReleaseVersion,
+    SiteIdValue,
+    TerminalIdValue,
+)
 from fleet.server.db.models import (
     FailureAction,
     Rollout,
@@ -17,21 +28,16 @@ from fleet.server.db.models import (
 )
 from fleet.server.rollouts.engine import RolloutSpec
 
-#: The agent's version strings (agent.desired.document checks the same in the document).
-Version = Annotated[
-    str, StringConstraints(pattern=r"^\d+\.\d+\.\d+([.+-][0-9A-Za-z.+-]{1,32})?$", max_length=64)
-]
-
 
 class Target(BaseModel):
     """Who gets the version: listed terminals, plus terminals matching every filter given."""
 
     model_config = ConfigDict(extra="forbid")
 
-    sites: list[str] = Field(default_factory=list, max_length=1000)
-    models: list[str] = Field(default_factory=list, max_length=1000)
+    sites: list[SiteIdValue] = Field(default_factory=list, max_length=1000)
+    models: list[ModelIdValue] = Field(default_factory=list, max_length=1000)
     tags: list[str] = Field(default_factory=list, max_length=1000)
-    terminals: list[str] = Field(default_factory=list, max_length=100_000)
+    terminals: list[TerminalIdValue] = Field(default_factory=list, max_length=100_000)
 
 
 class Window(BaseModel):
@@ -47,19 +53,24 @@ class Window(BaseModel):
 class RolloutCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: Version
+    #: A release `fleet updates publish` can have published (its TUF target name).
+    version: ReleaseVersion
     target: Target
-    waves: list[int | str] = Field(
+    waves: list[JsonInt | str] = Field(
         default=[1, "10%", "50%", "100%"],
         description='cumulative sizes: counts or "N%" of the target; the first is the canary',
     )
-    success_threshold: float = Field(1.0, gt=0, le=1, description="fraction of a wave to advance")
-    max_failures: int | None = Field(None, ge=0, description="failures tolerated before acting")
-    max_failure_pct: float | None = Field(None, ge=0, le=100)
+    success_threshold: JsonNumber = Field(
+        1.0, gt=0, le=1, description="fraction of a wave to advance"
+    )
+    max_failures: Annotated[int, Field(ge=0, le=MAX_INT32), JSON_NUMBER] | None = Field(
+        None, description="failures tolerated before acting"
+    )
+    max_failure_pct: Annotated[float, Field(ge=0, le=100), JSON_NUMBER] | None = None
     failure_action: FailureAction = FailureAction.PAUSE
-    per_terminal_timeout_s: int = Field(3600, ge=1, le=7 * 86400)
+    per_terminal_timeout_s: JsonInt = Field(3600, ge=1, le=7 * 86400)
     window: Window | None = Field(None, description="default: outside the service hours")
-    override_window: bool = False
+    override_window: JsonBool = False
 
     def spec(self) -> RolloutSpec:
         return RolloutSpec(

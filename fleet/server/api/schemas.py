@@ -219,9 +219,16 @@ class RefillRound(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    """Every error: a reason and nothing else (a refused caller learns no data)."""
+    """Every error but a 422: a reason and nothing else (a refused caller learns no data)."""
 
     detail: str
+
+
+#: For `responses=` of routes that need a part that may not be running (broker, desired state,
+#: issuing key, font).
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorBody, "description": "a part this needs is not available"}
+}
 
 
 class Health(BaseModel):

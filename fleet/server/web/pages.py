@@ -4,6 +4,7 @@ same data as `/api/v1`), renders server-side, and leaves live updates and action
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections import Counter
 from datetime import datetime, timedelta
@@ -19,6 +20,12 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from fleet.server.alerts.rules import RULES
 from fleet.server.api import auth
 from fleet.server.api.context import AppContext
+from fleet.server.api.params import (
+    SITE_ID_RE,
+    TerminalStateFilter,
+    as_rollout_id,
+    is_terminal_id,
+)
 from fleet.server.api.routes import alerts as alerts_api
 from fleet.server.api.routes import commands as commands_api
 from fleet.server.api.routes import refill as refill_api
@@ -70,7 +77,7 @@ CSP = (
     "img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
     "form-action 'self'"
 )
-STATE_FILTERS: tuple[terminals_api.StateFilter, ...] = ("online", *STATES)
+STATE_FILTERS: tuple[TerminalStateFilter, ...] = ("online", *STATES)
 
 router = APIRouter(include_in_schema=False)
 _env = Environment(
@@ -228,7 +235,8 @@ async def overview(request: Request) -> Response:
     if not isinstance(guarded, Session):
         return guarded
     q = request.query_params
-    site = q.get("site") or None
+    # Filters the API would refuse are left out, as an unknown state or rule is.
+    site = q.get("site") if re.fullmatch(SITE_ID_RE, q.get("site", "")) else None
     state = next((s for s in STATE_FILTERS if s == q.get("state")), None)
     alert = q.get("alert") if q.get("alert") in RULES else None
     page = await terminals_api.list_terminals(
@@ -274,6 +282,8 @@ async def terminal_detail(request: Request, terminal_id: str) -> Response:
         return guarded
     ctx, who = _ctx(request), guarded.principal
     try:
+        if not is_terminal_id(terminal_id):  # no terminal can have it
+            raise HTTPException(404)
         detail = await terminals_api.get_terminal(terminal_id, ctx, who)
     except HTTPException:
         return _render(request, "message.html", guarded, 404, message_key="not_found")
@@ -372,12 +382,15 @@ async def rollouts_page(request: Request) -> Response:
 
 
 @router.get("/rollouts/{rollout_id}")
-async def rollout_page(request: Request, rollout_id: int) -> Response:
+async def rollout_page(request: Request, rollout_id: str) -> Response:
     guarded = await _guard(request, FLEET_ROLES)
     if not isinstance(guarded, Session):
         return guarded
     try:
-        r = await rollouts_api.get_rollout(rollout_id, guarded.principal)
+        number = as_rollout_id(rollout_id)
+        if number is None:  # no rollout can have it
+            raise HTTPException(404)
+        r = await rollouts_api.get_rollout(number, guarded.principal)
     except HTTPException:
         return _render(request, "message.html", guarded, 404, message_key="not_found")
     started = sum(len(w.terminals) for w in r.waves if w.started)

@@ -8,8 +8,17 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Query, status
 from tortoise.expressions import Q
 
-from fleet.server.api.deps import Ctx, FleetReader, FleetWriter, Limit, Offset
-from fleet.server.api.schemas import AlertPublic, Page
+from fleet.server.api.deps import Ctx, FleetReader, FleetWriter
+from fleet.server.api.params import (
+    AlertId,
+    Limit,
+    Offset,
+    RuleFilter,
+    SeverityFilter,
+    SiteFilter,
+    TerminalFilter,
+)
+from fleet.server.api.schemas import AlertPublic, ErrorBody, Page
 from fleet.server.db.models import Alert
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
@@ -25,10 +34,10 @@ async def list_alerts(
     recent_hours: Annotated[
         float, Query(gt=0, le=24 * 90, description="how far back cleared alerts are listed")
     ] = 24,
-    rule: str | None = None,
-    severity: str | None = None,
-    terminal: str | None = None,
-    site: str | None = None,
+    rule: RuleFilter = None,
+    severity: SeverityFilter = None,
+    terminal: TerminalFilter = None,
+    site: SiteFilter = None,
 ) -> Page[AlertPublic]:
     """Open alerts and those cleared in the last `recent_hours`, newest first."""
     recent = Q(cleared_at__gte=ctx.clock() - timedelta(hours=recent_hours))
@@ -53,8 +62,12 @@ async def list_alerts(
     return Page[AlertPublic](items=items, total=total, limit=limit, offset=offset)
 
 
-@router.post("/{alert_id}/ack", response_model=AlertPublic)
-async def ack_alert(alert_id: int, ctx: Ctx, who: FleetWriter) -> AlertPublic:
+@router.post(
+    "/{alert_id}/ack",
+    response_model=AlertPublic,
+    responses={409: {"model": ErrorBody, "description": "the alert has cleared"}},
+)
+async def ack_alert(alert_id: AlertId, ctx: Ctx, who: FleetWriter) -> AlertPublic:
     """Acknowledge an open alert; acknowledging it again changes nothing and is not an error."""
     now = ctx.clock()
     # One conditional UPDATE: of two operators acknowledging at once, the first is recorded.

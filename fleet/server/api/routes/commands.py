@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, status
 
-from fleet.server.api.deps import Ctx, FleetReader, FleetWriter, Limit, Offset
+from fleet.server.api.deps import Ctx, FleetReader, FleetWriter
 from fleet.server.api.desired_schemas import CommandBody, CommandPublic
-from fleet.server.api.schemas import Page
+from fleet.server.api.params import Limit, Offset, TerminalId
+from fleet.server.api.schemas import UNAVAILABLE, Page
 from fleet.server.db.models import Command, CommandStatus, Terminal
 from fleet.server.desired import commands
 
@@ -15,10 +16,13 @@ router = APIRouter(prefix="/terminals", tags=["commands"])
 
 
 @router.post(
-    "/{terminal_id}/commands", response_model=CommandPublic, status_code=status.HTTP_201_CREATED
+    "/{terminal_id}/commands",
+    response_model=CommandPublic,
+    status_code=status.HTTP_201_CREATED,
+    responses=UNAVAILABLE,
 )
 async def send_command(
-    terminal_id: str, body: CommandBody, ctx: Ctx, who: FleetWriter
+    terminal_id: TerminalId, body: CommandBody, ctx: Ctx, who: FleetWriter
 ) -> CommandPublic:
     """Store and publish a command; 503 (the command is kept, `failed`) if the broker is down."""
     if not await Terminal.exists(id=terminal_id):
@@ -34,7 +38,7 @@ async def send_command(
 
 @router.get("/{terminal_id}/commands", response_model=Page[CommandPublic])
 async def list_commands(
-    terminal_id: str, ctx: Ctx, _: FleetReader, limit: Limit = 50, offset: Offset = 0
+    terminal_id: TerminalId, ctx: Ctx, _: FleetReader, limit: Limit = 50, offset: Offset = 0
 ) -> Page[CommandPublic]:
     """The terminal's commands, newest first, with their results."""
     if not await Terminal.exists(id=terminal_id):

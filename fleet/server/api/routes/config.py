@@ -10,9 +10,10 @@ the result per terminal.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException, Path, Query, status
+from fastapi import APIRouter, Body, HTTPException, Query, status
+from pydantic import WithJsonSchema
 
 from agent.desired.document import DocumentError
 from fleet.server.api.deps import ConfigWriter, Ctx, FleetReader
@@ -25,13 +26,18 @@ from fleet.server.api.desired_schemas import (
     Results,
     RollbackBody,
 )
+from fleet.server.api.errors import invalid, loc_of
+from fleet.server.api.layer_schema import LAYER_SCHEMA
+from fleet.server.api.params import Limit, ModelId, Offset, SiteId, TerminalId
+from fleet.server.api.schemas import UNAVAILABLE
 from fleet.server.db.models import ConfigLayer, DesiredDoc, LayerScope, Site, Terminal
 from fleet.server.desired.layers import DEFAULTS, check_layer
 from fleet.server.desired.service import DesiredService, content_of
 
 router = APIRouter(prefix="/config", tags=["config"])
 
-LayerBody = Annotated[dict[str, Any], Body(description="a partial configuration")]
+#: Checked by `check_layer` (the agent's rules); the schema states them for clients.
+LayerBody = Annotated[dict[str, Any], WithJsonSchema(LAYER_SCHEMA), Body()]
 
 
 def service(ctx: Ctx) -> DesiredService:
@@ -57,7 +63,8 @@ async def _write(
     try:
         check_layer(layer, scope.value)
     except DocumentError as e:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(e)) from None
+        # The path starts with the layer's name ("site.paper.low_pct"): the body is the layer.
+        raise invalid(("body", *loc_of(e.path)[1:]), str(e)) from None
     outcomes = await service(ctx).set_layer(scope, key, layer, who)
     results = Results.of(outcomes)
     return LayerChange(layer=await _read(ctx, scope, key), **results.model_dump())
@@ -76,41 +83,64 @@ async def get_defaults(ctx: Ctx, _: FleetReader) -> LayerPublic:
     return await _read(ctx, LayerScope.DEFAULT, "")
 
 
-@router.put("/defaults", response_model=LayerChange)
+@router.put("/defaults", response_model=LayerChange, responses=UNAVAILABLE)
 async def put_defaults(ctx: Ctx, who: ConfigWriter, layer: LayerBody) -> LayerChange:
     """Replace the fleet-wide layer; every terminal is recomputed."""
     return await _write(ctx, LayerScope.DEFAULT, "", layer, who.name)
 
 
-_SCOPES = {"models": LayerScope.MODEL, "sites": LayerScope.SITE, "terminals": LayerScope.TERMINAL}
-Kind = Literal["models", "sites", "terminals"]
+# One pair of routes per scope, so that each key's parameter states what such a key may be.
 
 
-@router.get("/{kind}/{key}", response_model=LayerPublic)
-async def get_layer(kind: Kind, key: str, ctx: Ctx, _: FleetReader) -> LayerPublic:
-    """A model's, site's or terminal's layer (a model's firmware `[desired]` is its `base`)."""
-    scope = _SCOPES[kind]
-    await _exists(scope, key)
-    return await _read(ctx, scope, key)
+@router.get("/models/{model}", response_model=LayerPublic)
+async def get_model_layer(model: ModelId, ctx: Ctx, _: FleetReader) -> LayerPublic:
+    """A hardware model's layer (its firmware `[desired]` is shown as `base`)."""
+    return await _read(ctx, LayerScope.MODEL, model)
 
 
-@router.put("/{kind}/{key}", response_model=LayerChange)
-async def put_layer(
-    kind: Kind,
-    key: Annotated[str, Path(min_length=1, max_length=64)],
-    ctx: Ctx,
-    who: ConfigWriter,
-    layer: LayerBody,
+@router.put("/models/{model}", response_model=LayerChange, responses=UNAVAILABLE)
+async def put_model_layer(
+    model: ModelId, ctx: Ctx, who: ConfigWriter, layer: LayerBody
 ) -> LayerChange:
-    """Replace a layer; every terminal of that model or site (or the terminal) is recomputed."""
-    scope = _SCOPES[kind]
-    await _exists(scope, key)
-    return await _write(ctx, scope, key, layer, who.name)
+    """Replace a model's layer; every terminal of that model is recomputed."""
+    return await _write(ctx, LayerScope.MODEL, model, layer, who.name)
+
+
+@router.get("/sites/{site}", response_model=LayerPublic)
+async def get_site_layer(site: SiteId, ctx: Ctx, _: FleetReader) -> LayerPublic:
+    """A site's layer."""
+    await _exists(LayerScope.SITE, site)
+    return await _read(ctx, LayerScope.SITE, site)
+
+
+@router.put("/sites/{site}", response_model=LayerChange, responses=UNAVAILABLE)
+async def put_site_layer(
+    site: SiteId, ctx: Ctx, who: ConfigWriter, layer: LayerBody
+) -> LayerChange:
+    """Replace a site's layer; every terminal of the site is recomputed."""
+    await _exists(LayerScope.SITE, site)
+    return await _write(ctx, LayerScope.SITE, site, layer, who.name)
+
+
+@router.get("/terminals/{terminal_id}", response_model=LayerPublic)
+async def get_terminal_layer(terminal_id: TerminalId, ctx: Ctx, _: FleetReader) -> LayerPublic:
+    """A terminal's own layer."""
+    await _exists(LayerScope.TERMINAL, terminal_id)
+    return await _read(ctx, LayerScope.TERMINAL, terminal_id)
+
+
+@router.put("/terminals/{terminal_id}", response_model=LayerChange, responses=UNAVAILABLE)
+async def put_terminal_layer(
+    terminal_id: TerminalId, ctx: Ctx, who: ConfigWriter, layer: LayerBody
+) -> LayerChange:
+    """Replace a terminal's own layer; the terminal is recomputed."""
+    await _exists(LayerScope.TERMINAL, terminal_id)
+    return await _write(ctx, LayerScope.TERMINAL, terminal_id, layer, who.name)
 
 
 @router.get("/terminals/{terminal_id}/desired", response_model=DesiredPublic)
 async def get_desired(
-    terminal_id: str,
+    terminal_id: TerminalId,
     ctx: Ctx,
     _: FleetReader,
     limit: Annotated[int, Query(ge=1, le=500, description="history entries")] = 20,
@@ -139,10 +169,10 @@ async def get_desired(
 
 @router.get("/terminals/{terminal_id}/desired/history", response_model=list[DocSummary])
 async def get_desired_history(
-    terminal_id: str,
+    terminal_id: TerminalId,
     _: FleetReader,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> list[DocSummary]:
     """The terminal's documents, newest first."""
     t = await _terminal(terminal_id)
@@ -152,9 +182,11 @@ async def get_desired_history(
     return [DocSummary.of(d) for d in rows]
 
 
-@router.post("/terminals/{terminal_id}/desired/rollback", response_model=OutcomePublic)
+@router.post(
+    "/terminals/{terminal_id}/desired/rollback", response_model=OutcomePublic, responses=UNAVAILABLE
+)
 async def rollback(
-    terminal_id: str, body: RollbackBody, ctx: Ctx, _: ConfigWriter
+    terminal_id: TerminalId, body: RollbackBody, ctx: Ctx, _: ConfigWriter
 ) -> OutcomePublic:
     """Publish an old version's content as a new version (the layers stay as they are)."""
     t = await _terminal(terminal_id)

@@ -8,19 +8,10 @@ import base64
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
-from fastapi.exceptions import RequestValidationError
 
-from fleet.licence_claims import ClaimsInputError, lic_from_json
 from fleet.server.api.auth import Principal
-from fleet.server.api.deps import (
-    CONFIG_WRITE_ROLES,
-    Ctx,
-    FleetReader,
-    FleetWriter,
-    Limit,
-    Offset,
-    require_role,
-)
+from fleet.server.api.deps import CONFIG_WRITE_ROLES, Ctx, FleetReader, FleetWriter, require_role
+from fleet.server.api.errors import invalid
 from fleet.server.api.licence_issuer import IssuerDep
 from fleet.server.api.licence_schemas import (
     LicenceCreate,
@@ -28,7 +19,8 @@ from fleet.server.api.licence_schemas import (
     LicencePublic,
     RevokeBody,
 )
-from fleet.server.api.schemas import Page
+from fleet.server.api.params import Limit, Offset, Serial, TerminalFilter
+from fleet.server.api.schemas import UNAVAILABLE, ErrorBody, Page
 from fleet.server.db.models import Licence, Terminal
 from fleet.server.licences import service
 from fleet.server.licences.pdf import FontMissing, render_licence_pdf
@@ -37,13 +29,12 @@ router = APIRouter(prefix="/licences", tags=["licences"])
 
 #: Revoking is for admins, like changing configuration.
 Revoker = Annotated[Principal, Depends(require_role(CONFIG_WRITE_ROLES))]
-
-
-def _invalid(loc: tuple[str, ...], message: str, value: Any = None) -> RequestValidationError:
-    """A 422 shaped like FastAPI's own, naming the field (e.g. body.lic.uscc)."""
-    return RequestValidationError(
-        [{"type": "value_error", "loc": ("body", *loc), "msg": message, "input": value}]
-    )
+_TAKEN: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorBody, "description": "the serial is taken"}
+}
+_PDF: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/pdf": {}}, "description": "A4 licence"}
+}
 
 
 async def _get(serial: str) -> Licence:
@@ -53,18 +44,23 @@ async def _get(serial: str) -> Licence:
     return row
 
 
-@router.post("", response_model=LicenceIssued, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "",
+    response_model=LicenceIssued,
+    status_code=status.HTTP_201_CREATED,
+    responses=_TAKEN | UNAVAILABLE,
+)
 async def issue_licence(
     body: LicenceCreate, ctx: Ctx, who: FleetWriter, issuer: IssuerDep
 ) -> LicenceIssued:
-    """Sign and store a licence; returns its LIC1 text and QR code (SVG and PNG)."""
-    try:
-        lic = lic_from_json(body.lic)
-    except ClaimsInputError as e:
-        raise _invalid(("lic",), str(e), body.lic) from None
+    """Sign and store a licence; returns its LIC1 text and QR code (SVG and PNG).
+
+    rust_core judges what the schema cannot: the USCC's check character, that `est` is a real
+    date and `exp` after now, and that field 9 (the terminal) is there: a 422 naming it."""
+    lic = body.lic_claims()
     if body.terminal is not None:
         if not await Terminal.exists(id=body.terminal):
-            raise _invalid(("terminal",), "no such terminal", body.terminal)
+            raise invalid(("body", "terminal"), "no such terminal", body.terminal)
         lic.setdefault(9, body.terminal)
     serial = bytes.fromhex(body.cti) if body.cti is not None else None
     if serial is not None and await Licence.exists(serial=serial.hex()):
@@ -80,7 +76,7 @@ async def issue_licence(
             serial=serial,
         )
     except service.ClaimsRefused as e:
-        raise _invalid(e.loc, str(e)) from None
+        raise invalid(("body", *e.loc), str(e)) from None
     except service.SerialTaken as e:
         raise HTTPException(status.HTTP_409_CONFLICT, f"serial {e} is taken") from None
     row = issued.licence
@@ -98,7 +94,7 @@ async def list_licences(
     _: FleetReader,
     limit: Limit = 50,
     offset: Offset = 0,
-    terminal: str | None = None,
+    terminal: TerminalFilter = None,
     revoked: bool | None = None,
 ) -> Page[LicencePublic]:
     """Issued licences, newest first; filter by terminal or revocation."""
@@ -115,7 +111,7 @@ async def list_licences(
 
 @router.get("/{serial}", response_model=LicencePublic)
 async def get_licence(
-    serial: str,
+    serial: Serial,
     _: FleetReader,
     qr: Annotated[bool, Query(description="also return the QR code (SVG, PNG)")] = False,
 ) -> LicencePublic:
@@ -124,7 +120,7 @@ async def get_licence(
 
 
 @router.post("/{serial}/revoke", response_model=LicencePublic)
-async def revoke_licence(serial: str, body: RevokeBody, ctx: Ctx, who: Revoker) -> LicencePublic:
+async def revoke_licence(serial: Serial, body: RevokeBody, ctx: Ctx, who: Revoker) -> LicencePublic:
     """Revoke a licence; revoking it again keeps the first time and reason."""
     row = await service.revoke(serial.lower(), body.reason, who.name, ctx.clock())
     if row is None:
@@ -135,9 +131,9 @@ async def revoke_licence(serial: str, body: RevokeBody, ctx: Ctx, who: Revoker) 
 @router.get(
     "/{serial}/pdf",
     response_class=Response,
-    responses={200: {"content": {"application/pdf": {}}, "description": "A4 licence"}},
+    responses=_PDF | UNAVAILABLE,
 )
-async def licence_pdf(serial: str, ctx: Ctx, _: FleetReader) -> Response:
+async def licence_pdf(serial: Serial, ctx: Ctx, _: FleetReader) -> Response:
     """The printable A4 licence (PDF) with its QR code."""
     row = await _get(serial)
     settings = ctx.settings

@@ -10,10 +10,12 @@ import asyncio
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException, Query, status
+from fastapi import APIRouter, Body, HTTPException, status
 
 from agent.update.tuf_client import bundle_target_name
-from fleet.server.api.deps import ConfigWriter, Ctx, FleetReader, Limit, Offset
+from fleet.server.api.deps import ConfigWriter, Ctx, FleetReader
+from fleet.server.api.errors import invalid, message_loc
+from fleet.server.api.params import Limit, Offset, RolloutId, RolloutStateFilter
 from fleet.server.api.rollout_schemas import (
     Control,
     RolloutCreate,
@@ -23,17 +25,18 @@ from fleet.server.api.rollout_schemas import (
     summary,
 )
 from fleet.server.api.routes.updates import UpdatesDir
-from fleet.server.api.schemas import Page
-from fleet.server.db.models import Rollout, RolloutState, RolloutTerminal
+from fleet.server.api.schemas import UNAVAILABLE, ErrorBody, Page
+from fleet.server.db.models import Rollout, RolloutTerminal
 from fleet.server.rollouts.engine import RolloutConflict, RolloutError
 from fleet.server.updates.repository import UpdateRepository
 
 router = APIRouter(prefix="/rollouts", tags=["rollouts"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {"description": "no such rollout"},
-    409: {"description": "conflicts with the rollout's state or another active rollout"},
-    422: {"description": "bad input"},
+    409: {
+        "model": ErrorBody,
+        "description": "conflicts with the rollout's state or another active rollout",
+    },
 }
 
 
@@ -52,15 +55,15 @@ async def _detail(rollout_id: int) -> RolloutPublic:
     return detail(r, list(await RolloutTerminal.filter(rollout_id=r.id)))
 
 
-def _refused(e: Exception) -> HTTPException:
+def _refused(e: Exception) -> Exception:
     if isinstance(e, LookupError):
         return HTTPException(status.HTTP_404_NOT_FOUND, str(e).strip("'\""))
     if isinstance(e, RolloutConflict):
         return HTTPException(status.HTTP_409_CONFLICT, str(e))
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(e))
+    return invalid(("body", *message_loc(str(e))), str(e))
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=_ERRORS | {503: {}})
+@router.post("", status_code=status.HTTP_201_CREATED, responses=_ERRORS | UNAVAILABLE)
 async def create_rollout(
     body: RolloutCreate, ctx: Ctx, who: ConfigWriter, base: UpdatesDir
 ) -> RolloutPublic:
@@ -75,10 +78,8 @@ async def create_rollout(
             "the release first",
         )
     if not published:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            f"agent version {body.version} is not published in the update repository",
-        )
+        message = f"agent version {body.version} is not published in the update repository"
+        raise invalid(("body", "version"), message, body.version)
     try:
         r = await ctx.rollouts.create(body.spec(), who.name)
     except RolloutError as e:
@@ -91,7 +92,7 @@ async def list_rollouts(
     _: FleetReader,
     limit: Limit = 50,
     offset: Offset = 0,
-    state: Annotated[RolloutState | None, Query()] = None,
+    state: RolloutStateFilter = None,
 ) -> Page[RolloutSummary]:
     """Rollouts, newest first, with per-state terminal counts."""
     query = Rollout.all() if state is None else Rollout.filter(state=state)
@@ -105,15 +106,18 @@ async def list_rollouts(
     return Page(items=items, total=total, limit=limit, offset=offset)
 
 
-@router.get("/{rollout_id}", responses={404: _ERRORS[404]})
-async def get_rollout(rollout_id: int, _: FleetReader) -> RolloutPublic:
+@router.get("/{rollout_id}")
+async def get_rollout(rollout_id: RolloutId, _: FleetReader) -> RolloutPublic:
     """One rollout: its plan, wave by wave, with every terminal's state and reason."""
     return await _detail(rollout_id)
 
 
 @router.post("/{rollout_id}/pause", responses=_ERRORS)
 async def pause_rollout(
-    rollout_id: int, ctx: Ctx, who: ConfigWriter, body: Annotated[Control | None, Body()] = None
+    rollout_id: RolloutId,
+    ctx: Ctx,
+    who: ConfigWriter,
+    body: Annotated[Control | None, Body()] = None,
 ) -> RolloutPublic:
     """Start no further wave; terminals already updating go on."""
     try:
@@ -123,8 +127,8 @@ async def pause_rollout(
     return await _detail(rollout_id)
 
 
-@router.post("/{rollout_id}/resume", responses=_ERRORS | {503: {}})
-async def resume_rollout(rollout_id: int, ctx: Ctx, who: ConfigWriter) -> RolloutPublic:
+@router.post("/{rollout_id}/resume", responses=_ERRORS | UNAVAILABLE)
+async def resume_rollout(rollout_id: RolloutId, ctx: Ctx, who: ConfigWriter) -> RolloutPublic:
     """Go on, accepting the failures so far (the current wave need not reach the threshold)."""
     if ctx.desired is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "desired state is not running")
@@ -137,7 +141,10 @@ async def resume_rollout(rollout_id: int, ctx: Ctx, who: ConfigWriter) -> Rollou
 
 @router.post("/{rollout_id}/abort", responses=_ERRORS)
 async def abort_rollout(
-    rollout_id: int, ctx: Ctx, who: ConfigWriter, body: Annotated[Control | None, Body()] = None
+    rollout_id: RolloutId,
+    ctx: Ctx,
+    who: ConfigWriter,
+    body: Annotated[Control | None, Body()] = None,
 ) -> RolloutPublic:
     """Stop for good: terminals not started stay; updated ones keep their version (no downgrade)."""
     try:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException, Path, Response, status
+from fastapi import APIRouter, Body, HTTPException, Response, status
+from pydantic import WithJsonSchema
 
-from agent.desired.document import TEMPLATE_ID, canonical
+from agent.desired.document import canonical
 from fleet.server.api.deps import ConfigWriter, Ctx, FleetReader
 from fleet.server.api.desired_schemas import (
+    TEMPLATE_CONTENT_SCHEMA,
     Assignments,
     AssignmentsPut,
     Results,
@@ -21,7 +23,10 @@ from fleet.server.api.desired_schemas import (
     TemplatePut,
     TemplateVersionPublic,
 )
+from fleet.server.api.errors import invalid, loc_of
+from fleet.server.api.params import Sha256, TemplateId, TemplateVersionNo
 from fleet.server.api.routes.config import service
+from fleet.server.api.schemas import UNAVAILABLE
 from fleet.server.db.models import (
     AssignmentScope,
     Site,
@@ -34,15 +39,13 @@ from fleet.server.desired.service import TemplateError
 
 router = APIRouter(prefix="/templates", tags=["templates"])
 
-TemplateId = Annotated[str, Path(pattern=TEMPLATE_ID.pattern)]
-
 
 @router.get(
     "/blobs/{sha256}",
     response_class=Response,
     responses={200: {"content": {"application/json": {}}}},
 )
-async def get_blob(sha256: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")]) -> Response:
+async def get_blob(sha256: Sha256) -> Response:
     """A template version's canonical bytes by their SHA-256. No token needed, by design.
 
     An agent fetches a template too large to travel inline in its document from here. The
@@ -75,18 +78,18 @@ async def get_template(template_id: TemplateId, _: FleetReader) -> TemplatePubli
     )
 
 
-@router.put("/{template_id}", response_model=TemplatePut)
+@router.put("/{template_id}", response_model=TemplatePut, responses=UNAVAILABLE)
 async def put_template(
     template_id: TemplateId,
     ctx: Ctx,
     who: ConfigWriter,
-    content: Annotated[dict[str, Any], Body(description='{"schema": {...}, "layout": [...]}')],
+    content: Annotated[dict[str, Any], WithJsonSchema(TEMPLATE_CONTENT_SCHEMA), Body()],
 ) -> TemplatePut:
     """Store a new version (none if the content equals the latest) and push it."""
     try:
         row, created, outcomes = await service(ctx).put_template(template_id, content, who.name)
     except TemplateError as e:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(e)) from None
+        raise invalid(("body", *loc_of(e.path)), str(e)) from None
     results = Results.of(outcomes)
     return TemplatePut(
         template=TemplateVersionPublic.of(row), created=created, **results.model_dump()
@@ -95,7 +98,7 @@ async def put_template(
 
 @router.get("/{template_id}/versions/{version}", response_model=TemplateVersionPublic)
 async def get_version(
-    template_id: TemplateId, version: int, _: FleetReader
+    template_id: TemplateId, version: TemplateVersionNo, _: FleetReader
 ) -> TemplateVersionPublic:
     row = await TemplateVersion.get_or_none(template_id=template_id, version=version)
     if row is None:
@@ -103,7 +106,7 @@ async def get_version(
     return TemplateVersionPublic.of(row)
 
 
-@router.put("/{template_id}/assignments", response_model=AssignmentsPut)
+@router.put("/{template_id}/assignments", response_model=AssignmentsPut, responses=UNAVAILABLE)
 async def put_assignments(
     template_id: TemplateId, body: Assignments, ctx: Ctx, _: ConfigWriter
 ) -> AssignmentsPut:
@@ -120,26 +123,26 @@ async def put_assignments(
 async def _check_targets(
     template_id: str, sites: dict[str, int | None], terminals: dict[str, int | None]
 ) -> None:
-    def refuse(detail: str) -> HTTPException:
-        return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail)
+    def refuse(where: str, key: str, problem: str) -> Exception:
+        return invalid(("body", where, key), f"{where}.{key}: {problem}")
 
     known_sites: set[Any] = set(await Site.filter(id__in=list(sites)).values_list("id", flat=True))
     for s in sites:
         if s not in known_sites:
-            raise refuse(f"sites.{s}: no such site")
+            raise refuse("sites", s, "no such site")
     known_terms: set[Any] = set(
         await Terminal.filter(id__in=list(terminals)).values_list("id", flat=True)
     )
     for t in terminals:
         if t not in known_terms:
-            raise refuse(f"terminals.{t}: no such terminal")
+            raise refuse("terminals", t, "no such terminal")
     versions: set[Any] = set(
         await TemplateVersion.filter(template_id=template_id).values_list("version", flat=True)
     )
     for where, pins in (("sites", sites), ("terminals", terminals)):
         for key, v in pins.items():
             if v is not None and v not in versions:
-                raise refuse(f"{where}.{key}: the template has no version {v}")
+                raise refuse(where, key, f"the template has no version {v}")
 
 
 async def _assignments(template_id: str) -> Assignments:

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
+from datetime import timedelta
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
 from tortoise.expressions import Q, Subquery
 
-from fleet.server.api.deps import Ctx, FleetReader, Limit, Offset
+from fleet.server.api.deps import Ctx, FleetReader
+from fleet.server.api.errors import invalid
+from fleet.server.api.params import (
+    Instant,
+    Limit,
+    Offset,
+    RuleFilter,
+    SiteFilter,
+    TerminalId,
+    TerminalStateFilter,
+)
 from fleet.server.api.schemas import History, Page, SamplePublic, TerminalDetail, TerminalSummary
 from fleet.server.db.models import Alert, StatusSample, Terminal
 from fleet.server.desired.drift import drift_state
-from fleet.server.terminal_state import STATES, TerminalState
+from fleet.server.terminal_state import STATES
 
 router = APIRouter(prefix="/terminals", tags=["terminals"])
-
-StateFilter = Literal["online", TerminalState]
 #: Derived state -> the printer_state column's value.
 _PRINTER_STATES = {
     "printer_offline": "offline",
@@ -28,7 +36,7 @@ _PRINTER_STATES = {
 HISTORY_MAX = 10_000
 
 
-def _state_q(state: StateFilter) -> Q:
+def _state_q(state: TerminalStateFilter) -> Q:
     """The filter for a derived state (see fleet.server.terminal_state)."""
     if state == "online":
         return Q(online=True)
@@ -45,13 +53,14 @@ async def list_terminals(
     _: FleetReader,
     limit: Limit = 100,
     offset: Offset = 0,
-    site: str | None = None,
+    site: SiteFilter = None,
     state: Annotated[
-        StateFilter | None, Query(description=f"online, or one of {', '.join(STATES)}")
+        TerminalStateFilter | None, Query(description=f"online, or one of {', '.join(STATES)}")
     ] = None,
-    alert: Annotated[str | None, Query(description="only terminals with this rule open")] = None,
+    alert: RuleFilter = None,
 ) -> Page[TerminalSummary]:
-    """The fleet, ordered by terminal id, optionally filtered by site, state and open alert."""
+    """The fleet, ordered by terminal id, optionally filtered by site, state and open alert
+    (`alert`: only terminals with an open alert of this rule)."""
     query = Terminal.all()
     if site is not None:
         query = query.filter(site_id=site)
@@ -74,7 +83,7 @@ async def list_terminals(
 
 
 @router.get("/{terminal_id}", response_model=TerminalDetail)
-async def get_terminal(terminal_id: str, ctx: Ctx, _: FleetReader) -> TerminalDetail:
+async def get_terminal(terminal_id: TerminalId, ctx: Ctx, _: FleetReader) -> TerminalDetail:
     """One terminal: latest status, presence, versions, configuration drift, open alerts."""
     t = await _terminal_or_404(terminal_id)
     alerts = await Alert.filter(terminal_id=t.id, active_key=1).order_by("rule")
@@ -83,21 +92,21 @@ async def get_terminal(terminal_id: str, ctx: Ctx, _: FleetReader) -> TerminalDe
 
 @router.get("/{terminal_id}/history", response_model=History)
 async def get_history(
-    terminal_id: str,
+    terminal_id: TerminalId,
     ctx: Ctx,
     _: FleetReader,
     from_: Annotated[
-        datetime | None, Query(alias="from", description="default: `to` - 24 h")
+        Instant | None, Query(alias="from", description="default: `to` - 24 h")
     ] = None,
-    to: Annotated[datetime | None, Query(description="default: now")] = None,
+    to: Annotated[Instant | None, Query(description="default: now")] = None,
     limit: Annotated[int, Query(ge=1, le=HISTORY_MAX)] = HISTORY_MAX,
 ) -> History:
     """Status samples of one terminal in [from, to), oldest first."""
     t = await _terminal_or_404(terminal_id)
-    end = _aware(to) if to is not None else ctx.clock()
-    start = _aware(from_) if from_ is not None else end - timedelta(hours=24)
+    end = to if to is not None else ctx.clock()
+    start = from_ if from_ is not None else end - timedelta(hours=24)
     if start >= end:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "`from` must be before `to`")
+        raise invalid(("query", "from"), "`from` must be before `to`", start.isoformat())
     query = StatusSample.filter(terminal_id=t.id, ts__gte=start)
     # Without `to`, nothing is cut at the top: a report stamped "now" (or by a clock running a
     # little ahead) is the one an operator is looking for.
@@ -115,8 +124,3 @@ async def _terminal_or_404(terminal_id: str) -> Terminal:
     if t is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such terminal")
     return t
-
-
-def _aware(dt: datetime) -> datetime:
-    # A query string without an offset is taken as UTC, as every time in the API is.
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
