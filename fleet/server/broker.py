@@ -8,6 +8,19 @@ security (`BrokerLog`): session takeovers and refused logins.
 
 Restarting keeps the port, the users and the persistence file, so terminals and the server's
 persistent session reconnect to the same broker and find their queued messages.
+
+A server that dies without stopping its broker (SIGKILL, OOM) leaves it running: it has its own
+session, keeps every terminal connected and queues for the server's session. The next start
+adopts it when it runs exactly the config that start would write (issue 13): stopping it would
+disconnect every terminal, and Mosquitto 2.0.11 publishes every client's Last Will when it
+stops, so each terminal would be called offline and alerted at once. An adopted broker is not
+our child: it is watched by polling (`ADOPTED_POLL_S`), restarted like ours if it dies, and
+stopped like ours. A changed config (a new release's listeners or limits) restarts it, and the
+log says what changed. Its log goes to a named pipe in its folder (`BrokerFiles.log_fifo`),
+which the adopting server opens again; while no server reads it Mosquitto's writes fail with
+EPIPE, which it ignores (it ignores SIGPIPE), so those lines are lost and nothing else. A
+broker started by an older release logged into an anonymous pipe that died with that server:
+nothing of its log is read until it is next restarted.
 """
 
 from __future__ import annotations
@@ -15,12 +28,14 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import difflib
 import logging
 import os
 import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -45,6 +60,8 @@ __all__ = ["BROKER_SUBDIR", "BrokerError", "EmbeddedBroker", "free_port"]
 log = logging.getLogger("fleet.broker")
 SERVER_HOST = SERVER_BIND_ADDRESS
 mosquitto_log = logging.getLogger("fleet.broker.mosquitto")
+#: How often an adopted Mosquitto, which we cannot wait() for, is checked for life (s).
+ADOPTED_POLL_S = 0.5
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -58,7 +75,8 @@ class EmbeddedBroker:
 
     `port` None reuses the port of an earlier run in the same folder (kiosk configs name it),
     else picks a free one.
-    `start()` writes the config, ACL and the server's user, starts Mosquitto, waits until it
+    `start()` writes the config, ACL and the server's user, starts Mosquitto (or adopts the one
+    an earlier run left running on the same config, see the module docstring), waits until it
     listens and keeps it running: if it dies, it is restarted on the same port after a backoff
     (0.2 s doubling to `max_backoff_s`), and why it died is logged. `stop()` ends it cleanly, which
     makes Mosquitto save its sessions and queued messages.
@@ -102,7 +120,7 @@ class EmbeddedBroker:
         self._mosquitto = mosquitto or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self._stopping = threading.Event()
         self._first_attempt = threading.Event()
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: subprocess.Popen[bytes] | _Adopted | None = None
         self._proc_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._last_output: collections.deque[str] = collections.deque(maxlen=20)
@@ -110,6 +128,8 @@ class EmbeddedBroker:
         self._start_error: str | None = None
         #: How many times the supervisor has restarted Mosquitto after it died.
         self.restarts = 0
+        #: Whether start() adopted a Mosquitto left running by an earlier run.
+        self.adopted = False
 
     def _previous_ports(self) -> tuple[int | None, int | None]:
         """The ports of an earlier run: kiosk configs name the first, so it must not change."""
@@ -147,7 +167,11 @@ class EmbeddedBroker:
         """Write the files, start Mosquitto and return once it listens; raises BrokerError."""
         if self._thread is not None:
             raise BrokerError("the broker is already started")
-        self.files.prepare(
+        left = self.files.running_pid()  # one an earlier run of this folder left running
+        if left is not None:
+            # Stopped before the new config is written: the file must always be what it runs.
+            left = self._keep_if_same_config(left)
+        changed = self.files.prepare(
             port=self.port,
             bind_address=self.bind_address,
             server_port=self.server_port,
@@ -155,11 +179,14 @@ class EmbeddedBroker:
             server_password=self._server_password,
             limits=self.limits,
         )
-        _stop_stale(self.files)
+        adopted = self._adopt(left, changed) if left is not None else None
+        self.adopted = adopted is not None
         self._stopping.clear()
         self._first_attempt.clear()
         self._start_error = None
-        self._thread = threading.Thread(target=self._supervise, name="mosquitto-supervisor")
+        self._thread = threading.Thread(
+            target=self._supervise, args=(adopted,), name="mosquitto-supervisor"
+        )
         self._thread.daemon = True
         self._thread.start()
         self._first_attempt.wait()
@@ -171,13 +198,66 @@ class EmbeddedBroker:
         # the next start instead, through the pid file.
         atexit.register(self.stop)
         log.info(
-            "mosquitto listening on %s for terminals, %s for the server (pid %s, files in %s)",
+            "mosquitto listening on %s for terminals, %s for the server (pid %s%s, files in %s)",
             self.url,
             self.server_url,
             self.pid,
+            ", adopted from an earlier run" if self.adopted else "",
             self.dir,
         )
         return self
+
+    def _keep_if_same_config(self, pid: int) -> int | None:
+        """`pid` if the Mosquitto an earlier run left running runs the config we would write;
+        else stop it (it restarts with the new one), saying what changed, and None."""
+        wanted = self.files.config_text(
+            port=self.port,
+            bind_address=self.bind_address,
+            server_port=self.server_port,
+            limits=self.limits,
+        )
+        try:
+            running = self.files.conf_file.read_text("utf-8")
+        except OSError as e:
+            running = f"(unreadable: {e.strerror or e})"
+        if running == wanted:
+            return pid
+        self._stop_left(pid, "its config changed: " + _diff(running, wanted))
+        return None
+
+    def _adopt(self, pid: int, changed: set[Path]) -> _Adopted | None:
+        """Supervise the Mosquitto `pid` an earlier run left running on our config (see the
+        module docstring), after it reloads the password files and ACLs that `changed`; if it
+        does not answer, stop it (it restarts) and say why."""
+        proc = _Adopted(pid, self.files.conf_file)
+        if changed:
+            # Rereads the password files and ACLs; only clients whose password changed or whose
+            # user is gone are disconnected (REAL-SERVICES.md).
+            proc.send_signal(signal.SIGHUP)
+        # The server's login proves it answers and has (re)read the server's password.
+        if self._answers(proc):
+            log.info("adopting mosquitto pid %d left running by an earlier run", pid)
+            return proc
+        why = f"it does not answer the server's login within {self.ready_timeout_s:.0f} s"
+        self._stop_left(pid, why)
+        return None
+
+    def _stop_left(self, pid: int, why: str) -> None:
+        # SIGTERM makes it save its state, and also publish every client's Last Will.
+        log.warning("restarting mosquitto pid %d left running by an earlier run: %s", pid, why)
+        _stop_stale(self.files)
+
+    def _answers(self, proc: _Adopted) -> bool:
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(OSError):
+                if mqtt_login(
+                    SERVER_HOST, self.server_port, self.server_user, self._server_password
+                ):
+                    with socket.create_connection((self.host, self.port), timeout=0.5):
+                        return True
+            time.sleep(0.05)
+        return False
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop supervising and end Mosquitto cleanly (SIGTERM, then SIGKILL after timeout_s)."""
@@ -238,13 +318,19 @@ class EmbeddedBroker:
 
     # ----------------------------------------------------------------- supervision
 
-    def _supervise(self) -> None:
+    def _supervise(self, adopted: _Adopted | None) -> None:
         backoff = 0.2
         first = True
         while not self._stopping.is_set():
             started = time.monotonic()
-            proc = self._spawn()
-            ready = proc is not None and self._wait_ready(proc)
+            proc: subprocess.Popen[bytes] | _Adopted | None
+            if adopted is not None:
+                proc, ready = adopted, True  # start() saw it answer
+                self._follow(adopted)
+                adopted = None
+            else:
+                proc = self._spawn()
+                ready = proc is not None and self._wait_ready(proc)
             if first:
                 first = False
                 if not ready:
@@ -252,7 +338,10 @@ class EmbeddedBroker:
                 self._first_attempt.set()
                 if not ready:
                     return
-            if proc is not None and ready:
+            if isinstance(proc, _Adopted):
+                while proc.poll() is None and not self._stopping.wait(ADOPTED_POLL_S):
+                    pass
+            elif proc is not None and ready:
                 proc.wait()
             if self._stopping.is_set():
                 return
@@ -270,11 +359,19 @@ class EmbeddedBroker:
             if self._stopping.is_set():
                 return None
             self._last_output.clear()
+            # Our end first: a FIFO opens for writing only once it has a reader.
+            reader, writer = self._open_log(), None
+            if reader is not None:
+                try:
+                    writer = os.open(self.files.log_fifo, os.O_WRONLY)
+                except OSError:
+                    reader.close()
+                    reader = None
             try:
                 proc = subprocess.Popen(
                     [self._mosquitto, "-c", str(self.files.conf_file)],
                     stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
+                    stdout=subprocess.PIPE if writer is None else writer,
                     stderr=subprocess.STDOUT,
                     # Its own session: a Ctrl-C meant for the server does not kill it
                     # mid-save; stop() ends it with SIGTERM, which saves its state.
@@ -282,15 +379,49 @@ class EmbeddedBroker:
                 )
             except OSError as e:
                 self._last_output.append(f"cannot run {self._mosquitto}: {e.strerror or e}")
+                if reader is not None:
+                    reader.close()
                 return None
+            finally:
+                if writer is not None:
+                    os.close(writer)  # Mosquitto holds it: end of file when it exits
             self._proc = proc
             self.files.pid_file.write_text(f"{proc.pid}\n")
-        assert proc.stdout is not None
-        reader = threading.Thread(
-            target=self._pump_output, args=(proc.stdout,), name="mosquitto-log", daemon=True
-        )
-        reader.start()
+        stream = reader or proc.stdout
+        assert stream is not None
+        threading.Thread(
+            target=self._pump_output, args=(stream,), name="mosquitto-log", daemon=True
+        ).start()
         return proc
+
+    def _open_log(self) -> IO[bytes] | None:
+        """Our (reading) end of the log FIFO, made if missing; None if this folder cannot hold
+        one (a file system without FIFOs): then an anonymous pipe, as before."""
+        fifo = self.files.log_fifo
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                if not stat.S_ISFIFO(fifo.lstat().st_mode):
+                    fifo.unlink()
+            if not fifo.exists():
+                os.mkfifo(fifo, 0o600)
+            # Without O_NONBLOCK, opening waits for a writer; reads then block again.
+            fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as e:
+            log.warning("no log FIFO at %s (%s); an anonymous pipe instead", fifo, e)
+            return None
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+
+    def _follow(self, adopted: _Adopted) -> None:
+        """Read the log of an adopted broker; an older release's (no FIFO) gives end of file."""
+        with self._proc_lock:
+            self._proc = adopted
+            self._last_output.clear()
+            stream = self._open_log() if self.files.log_fifo.exists() else None
+        if stream is not None:
+            threading.Thread(
+                target=self._pump_output, args=(stream,), name="mosquitto-log", daemon=True
+            ).start()
 
     def _pump_output(self, stream: IO[bytes]) -> None:
         """Forward Mosquitto's log to Python logging; keep the last lines for error messages."""
@@ -324,9 +455,11 @@ class EmbeddedBroker:
                 time.sleep(0.02)
         return False
 
-    def _why_failed(self, proc: subprocess.Popen[bytes] | None, what: str) -> str:
+    def _why_failed(self, proc: subprocess.Popen[bytes] | _Adopted | None, what: str) -> str:
         if proc is None:
             status = "could not be run"
+        elif isinstance(proc, _Adopted):
+            status = f"(pid {proc.pid}, adopted: not our child) is gone, status unknown"
         elif proc.poll() is None:
             status = f"is not listening on {self.host}:{self.port} after {self.ready_timeout_s}s"
             proc.kill()
@@ -403,12 +536,54 @@ class BrokerLog:
 # --------------------------------------------------------------------- helpers
 
 
+class _Adopted:
+    """A Mosquitto an earlier run of the server started, seen through the parts of Popen the
+    supervisor uses. Not our child, so it cannot be waited for: alive means `runs_config` (a
+    zombie or a reused pid is not it). Its exit status is unknown (reported as 0)."""
+
+    def __init__(self, pid: int, conf_file: Path) -> None:
+        self.pid = pid
+        self._conf_file = conf_file
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and not runs_config(self.pid, self._conf_file):
+            self.returncode = 0
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"mosquitto pid {self.pid}", timeout or 0)
+            time.sleep(0.05)
+        return code
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def _diff(old: str, new: str) -> str:
+    """The config lines that differ, for the log: "-old line; +new line"."""
+    lines = difflib.unified_diff(old.splitlines(), new.splitlines(), lineterm="", n=0)
+    return "; ".join(
+        line for line in lines if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    )
+
+
 def _stop_stale(files: BrokerFiles) -> None:
     """End a Mosquitto left running on our config by a server that died without stopping it."""
     pid = files.running_pid()
     if pid is None:
         return
-    log.warning("stopping mosquitto pid %d left over from an earlier run", pid)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)  # SIGTERM: it saves its queued messages first
     deadline = time.monotonic() + 10

@@ -17,8 +17,12 @@ Facts this relies on (Mosquitto 2.0.11, checked by tests/server/test_broker.py):
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import fcntl
+import hashlib
+import hmac
 import os
 import pwd
 import re
@@ -71,6 +75,9 @@ class BrokerFiles:
         self.server_acl_file = self.dir / "server-acl"
         self.db_dir = self.dir / "db"
         self.pid_file = self.dir / "mosquitto.pid"
+        #: A named pipe Mosquitto logs into, so a server started after one that was killed can
+        #: read the log of the broker it adopts (an anonymous pipe dies with its reader).
+        self.log_fifo = self.dir / "log.fifo"
         self._lock_file = self.dir / ".users.lock"
         self._mosquitto_passwd = (
             mosquitto_passwd or shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
@@ -90,8 +97,14 @@ class BrokerFiles:
         server_user: str,
         server_password: str,
         limits: QueueLimits,
-    ) -> None:
-        """Write config and ACLs, and (re)set the server's user; terminal users are kept."""
+    ) -> set[Path]:
+        """Write config and ACLs, and (re)set the server's user; terminal users are kept.
+
+        Returns the files whose content changed. A file whose content is already right is not
+        rewritten, and the server's password is kept when it already matches (mosquitto_passwd
+        salts afresh each time), so a broker left running by an earlier run (which the server
+        adopts) sees no change it would have to reload.
+        """
         self.dir.mkdir(parents=True, exist_ok=True)
         self.db_dir.mkdir(exist_ok=True)
         uid, gid = self.run_as
@@ -102,7 +115,37 @@ class BrokerFiles:
             os.chown(self.db_dir, uid, gid if gid is not None else -1)
         os.chmod(self.db_dir, 0o700)
         check_reachable(self.dir, uid, gid)
-        conf = render_config(
+        conf = self.config_text(
+            port=port, bind_address=bind_address, server_port=server_port, limits=limits
+        )
+        changed = {
+            path
+            for path, text in (
+                (self.conf_file, conf),
+                (self.acl_file, render_acl()),
+                (self.server_acl_file, render_server_acl(server_user)),
+            )
+            if self._write(path, text)
+        }
+        with self._locked():
+            if not self.passwd_file.exists():
+                self._write(self.passwd_file, "")
+            # Before the two listeners, the server's user was in the terminals' file: not there.
+            if server_user in self.users():
+                self._edit_passwd([], [server_user])
+                changed.add(self.passwd_file)
+            if not self.server_passwd_file.exists():
+                self._write(self.server_passwd_file, "")
+            if not password_matches(self.server_passwd_file, server_user, server_password):
+                self._edit_passwd([(server_user, server_password)], [], self.server_passwd_file)
+                changed.add(self.server_passwd_file)
+        return changed
+
+    def config_text(
+        self, *, port: int, bind_address: str, server_port: int, limits: QueueLimits
+    ) -> str:
+        """The mosquitto.conf `prepare` writes for these settings."""
+        return render_config(
             terminals=Listener(port, bind_address, self.passwd_file, self.acl_file),
             server=Listener(
                 server_port, SERVER_BIND_ADDRESS, self.server_passwd_file, self.server_acl_file
@@ -110,18 +153,6 @@ class BrokerFiles:
             persistence_dir=self.db_dir,
             limits=limits,
         )
-        self._write(self.conf_file, conf)
-        self._write(self.acl_file, render_acl())
-        self._write(self.server_acl_file, render_server_acl(server_user))
-        with self._locked():
-            if not self.passwd_file.exists():
-                self._write(self.passwd_file, "")
-            # Before the two listeners, the server's user was in the terminals' file: not there.
-            if server_user in self.users():
-                self._edit_passwd([], [server_user])
-            if not self.server_passwd_file.exists():
-                self._write(self.server_passwd_file, "")
-            self._edit_passwd([(server_user, server_password)], [], self.server_passwd_file)
 
     def _own(self, path: Path, mode: int) -> None:
         """`mode` on `path`, group-owned by the broker's group when it runs as another user."""
@@ -130,11 +161,18 @@ class BrokerFiles:
             os.chown(path, -1, gid)
         os.chmod(path, mode)
 
-    def _write(self, path: Path, text: str) -> None:
+    def _write(self, path: Path, text: str) -> bool:
+        """Replace `path` with `text` (atomically) unless it holds it already; True if changed."""
+        data = text.encode()
+        with contextlib.suppress(FileNotFoundError):
+            if path.read_bytes() == data:
+                self._own(path, 0o640)
+                return False
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text, "utf-8")
+        tmp.write_bytes(data)
         self._own(tmp, 0o640)
         os.replace(tmp, path)
+        return True
 
     # ------------------------------------------------------------- users
 
@@ -319,6 +357,32 @@ def _remaining_length(n: int) -> bytes:
         out.append(byte | (0x80 if n else 0))
         if not n:
             return bytes(out)
+
+
+def password_matches(path: Path, username: str, password: str) -> bool:
+    """Whether the password file `path` holds `username` with `password`.
+
+    Reads Mosquitto 2's own hash (`$7$ITERATIONS$SALT$HASH`: PBKDF2-HMAC-SHA512, base64); any
+    other form, or no such user, is a mismatch (the caller then writes a fresh entry).
+    """
+    try:
+        lines = path.read_text("utf-8").splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        name, _, hashed = line.partition(":")
+        if name != username:
+            continue
+        parts = hashed.split("$")  # "", "7", iterations, salt, hash
+        if len(parts) != 5 or parts[1] != "7" or not parts[2].isdigit():
+            return False
+        try:
+            salt, digest = base64.b64decode(parts[3]), base64.b64decode(parts[4])
+        except binascii.Error:
+            return False
+        mine = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, int(parts[2]))
+        return hmac.compare_digest(mine, digest)
+    return False
 
 
 def check_username(username: str) -> None:

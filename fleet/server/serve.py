@@ -107,6 +107,8 @@ def ingest_hook(
             update_events=ctx.rollouts.on_update_events,
         )
         await pipeline.restore()
+        # Nobody is timed out before the ingest hears the terminals (and then a full timeout).
+        pipeline.broker_link(False)
         receiver = Receiver(
             ReceiverConfig(
                 host=address.host,
@@ -115,7 +117,8 @@ def ingest_hook(
                 password=settings.broker_admin_password.get_secret_value(),
                 client_id=f"{settings.broker_client_id}.ingest",
                 tls=address.tls,
-            )
+            ),
+            on_link=pipeline.broker_link,
         )
         await receiver.start()
         with contextlib.suppress(TimeoutError):

@@ -284,34 +284,134 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_a_restarted_server_reuses_the_port_and_replaces_an_orphaned_broker() -> None:
-    # A server process that dies without stopping its broker (SIGKILL, OOM) leaves it running.
-    d = broker_dir()
+def _orphan(d: Path, password: str = "x" * 20) -> tuple[int, int]:
+    """(port, pid) of a broker left running by a server process killed with SIGKILL (or OOM);
+    terminal T-1 (password "t1-secret") was added while it ran."""
     script = (
-        "import os, sys\n"
+        "import os\n"
         "from fleet.server.broker import EmbeddedBroker\n"
-        f"b = EmbeddedBroker({str(d)!r}, server_password='x' * 20).start()\n"
+        f"b = EmbeddedBroker({str(d)!r}, server_password={password!r}).start()\n"
+        "b.add_user('T-1', 't1-secret')\n"
         "print(b.port, b.pid, flush=True)\n"
         "os.kill(os.getpid(), 9)\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
     )
-    port, orphan = (int(x) for x in done.stdout.split())
+    port, pid = (int(x) for x in done.stdout.split())
+    assert _alive(pid)
+    return port, pid
+
+
+@contextlib.contextmanager
+def _terminal_on(port: int) -> Iterator[tuple[Client, list[object]]]:
+    """T-1 connected to the orphan, with the reason codes of its disconnects (none expected)."""
+    t = connect(port, "T-1", "t1-secret", client_id="T-1")
+    drops: list[object] = []
+    t.mqtt.on_disconnect = lambda *a: drops.append(a[3])
     try:
-        assert _alive(orphan)
+        yield t, drops
+    finally:
+        t.close()
+
+
+def _cleanup(d: Path, orphan: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(orphan, signal.SIGKILL)
+    shutil.rmtree(d.parent, ignore_errors=True)
+
+
+def test_a_restarted_server_adopts_the_broker_a_killed_one_left_running() -> None:
+    """Issue 13: stopping it would disconnect every terminal (and fire every Last Will)."""
+    d = broker_dir()
+    port, orphan = _orphan(d)
+    files = [d / n for n in ("mosquitto.conf", "passwd", "server-passwd", "acl", "server-acl")]
+    before = [f.read_bytes() for f in files]
+    try:
+        with _terminal_on(port) as (t, drops):
+            b = EmbeddedBroker(d, server_password="x" * 20).start()
+            try:
+                assert (b.port, b.pid) == (port, orphan)
+                # Nothing rewritten (a new salt in a password file would need a reload).
+                assert [f.read_bytes() for f in files] == before
+                assert _login(b, "fleet-server", "x" * 20)
+                # 0x10 "no matching subscribers" is a success; >= 0x80 a refusal.
+                assert t.publish("fleet/v1/t/T-1/status", b"still here") < 0x80
+                assert drops == []
+                # Its log is read again (the FIFO): a refused login is counted.
+                assert not _login(b, "T-1", "wrong")
+                assert _wait_count(b, "login_refused", 1) == 1
+                # Supervised although not our child: when it dies, ours replaces it.
+                os.kill(orphan, signal.SIGKILL)
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline and not (
+                    b.pid not in (None, orphan) and _login(b, "fleet-server", "x" * 20)
+                ):
+                    time.sleep(0.05)
+                assert b.pid not in (None, orphan) and b.restarts == 1
+                assert b.port == port
+            finally:
+                b.stop()
+            assert b.pid is None and not _login(b, "fleet-server", "x" * 20)
+    finally:
+        _cleanup(d, orphan)
+
+
+def test_an_adopted_broker_stops_with_the_server() -> None:
+    d = broker_dir()
+    _, orphan = _orphan(d)
+    try:
         b = EmbeddedBroker(d, server_password="x" * 20).start()
+        assert b.pid == orphan
+        b.stop()
+        assert not _alive(orphan)
+        assert not b.files.pid_file.exists()
+    finally:
+        _cleanup(d, orphan)
+
+
+def test_an_adopted_broker_reloads_a_changed_server_password() -> None:
+    d = broker_dir()
+    port, orphan = _orphan(d)
+    try:
+        with _terminal_on(port) as (t, drops):
+            b = EmbeddedBroker(d, server_password="y" * 20).start()
+            try:
+                assert b.pid == orphan
+                assert _login(b, "fleet-server", "y" * 20)
+                assert not _login(b, "fleet-server", "x" * 20)
+                # The reload re-checks every client: the terminal's password did not change.
+                # 0x10 "no matching subscribers" is a success; >= 0x80 a refusal.
+                assert t.publish("fleet/v1/t/T-1/status", b"still here") < 0x80
+                assert drops == []
+            finally:
+                b.stop()
+    finally:
+        _cleanup(d, orphan)
+
+
+def test_a_broker_whose_config_changed_is_restarted_and_the_log_says_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A new release with other limits: the running broker cannot take them without a restart.
+    d = broker_dir()
+    port, orphan = _orphan(d)
+    try:
+        b = EmbeddedBroker(
+            d, server_password="x" * 20, limits=QueueLimits(max_inflight_messages=50)
+        ).start()
         try:
             assert b.port == port  # kiosk configs name this port
             assert b.pid != orphan
             assert not _alive(orphan)
             assert _login(b, "fleet-server", "x" * 20)
+            assert "max_inflight_messages 50" in b.files.conf_file.read_text()
         finally:
             b.stop()
+        why = [r.getMessage() for r in caplog.records if str(orphan) in r.getMessage()]
+        assert any("config changed" in m and "max_inflight_messages 50" in m for m in why), why
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(orphan, signal.SIGKILL)
-        shutil.rmtree(d.parent, ignore_errors=True)
+        _cleanup(d, orphan)
 
 
 def test_refuses_a_data_dir_the_broker_user_cannot_reach(tmp_path: Path) -> None:

@@ -167,3 +167,37 @@ def test_many_terminals_tick() -> None:
     out = p.tick(120)
     assert len(out) == 1000 - sum(1 for i in range(1000) if i % 60 >= 30)
     assert {t.reason for t in out} == {"timeout"}
+
+
+def test_nobody_times_out_while_the_server_cannot_hear_the_terminals() -> None:
+    """Issue 13: while the server's link to the broker is down, silence says nothing about the
+    terminals; once it is back, each gets a full timeout to report before being called
+    offline."""
+    p = tracker()
+    p.alive(A, 0)
+    p.alive("B", 0)
+    p.link_lost(10)
+    assert p.tick(500) == []
+    p.link_back(500)
+    assert p.tick(590) == []  # a full timeout (90 s) from the link's return
+    assert p.alive(A, 550) == []  # A reported: still online, its own timeout runs from here
+    assert p.tick(591) == [Transition("B", False, "timeout", 591)]
+    assert p.tick(641) == [Transition(A, False, "timeout", 641)]
+
+
+def test_a_server_start_waits_for_the_link_then_gives_the_grace() -> None:
+    p = tracker()
+    p.restore(A, online=True, reason=None, now=1000)
+    p.link_lost(1000)  # the ingest is not connected yet
+    assert p.tick(1200) == []
+    p.link_back(1200)
+    assert p.tick(1290) == []
+    assert p.tick(1291) == [Transition(A, False, "timeout", 1291)]
+
+
+def test_a_last_will_during_the_grace_is_offline_at_once() -> None:
+    p = tracker()
+    on(p, 0, ts=0)
+    p.link_lost(10)
+    p.link_back(20)
+    assert off(p, 21, ts=0) == [Transition(A, False, "will", 21)]

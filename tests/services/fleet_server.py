@@ -91,30 +91,15 @@ def fleet_serve(
     for name in ("FLEET_BROKER_URL", "FLEET_DATABASE_URL", "DATABASE_URL", "FLEET_CONFIG"):
         env.pop(name, None)
     env.update(extra_env or {})
-    log = (data / "serve.log").open("wb")
-    proc = subprocess.Popen(
-        [str(BIN / "fleet"), "serve", "--log-level", "warning"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    running = Running(proc, data, f"http://127.0.0.1:{port}", env)
+    url = f"http://127.0.0.1:{port}"
+    running: Running | None = None
     try:
-        try:
-            wait_until(
-                # trust_env=False: a proxy in the environment must not see loopback requests.
-                lambda: (
-                    httpx.get(running.url + "/healthz", trust_env=False).json()["status"] == "ok"
-                ),
-                ready_timeout_s,
-                "fleet serve to be ready",
-            )
-        except AssertionError:
-            print((data / "serve.log").read_text(errors="replace")[-3000:])  # why it did not
-            raise
+        running = Running(launch(data, env, url, ready_timeout_s), data, url, env)
         yield running
     finally:
-        if proc.poll() is None:
+        # running.proc: a test may have replaced it (launched again on the same data dir).
+        if running is not None and running.proc.poll() is None:
+            proc = running.proc
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(15)
@@ -122,8 +107,33 @@ def fleet_serve(
                 proc.kill()
                 proc.wait()
         stop_broker(data)
-        log.close()
         shutil.rmtree(data, ignore_errors=True)
+
+
+def launch(
+    data: Path, env: Mapping[str, str], url: str, ready_timeout_s: float = 20.0
+) -> subprocess.Popen[bytes]:
+    """Start `fleet serve` (output appended to data/serve.log) and wait until it is ready."""
+    with (data / "serve.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [str(BIN / "fleet"), "serve", "--log-level", "warning"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(
+            # trust_env=False: a proxy in the environment must not see loopback requests.
+            lambda: httpx.get(url + "/healthz", trust_env=False).json()["status"] == "ok",
+            ready_timeout_s,
+            "fleet serve to be ready",
+        )
+    except AssertionError:
+        print((data / "serve.log").read_text(errors="replace")[-3000:])  # why it did not
+        proc.kill()
+        proc.wait()
+        raise
+    return proc
 
 
 def stop_broker(data: Path) -> None:

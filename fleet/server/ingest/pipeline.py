@@ -45,7 +45,8 @@ to `update_events` (the rollout engine) after the batch is stored; a failure the
 costs the ingest nothing (the events are in the history either way).
 
 Timers (`tick`, every second from `fleet serve`): presence timeouts and hold-downs, and alert
-raise delays and hold-downs, run out without new messages.
+raise delays and hold-downs, run out without new messages. Presence timeouts wait while the
+receiver's link to the broker is down and for a full timeout after it is back (`broker_link`).
 """
 
 from __future__ import annotations
@@ -299,6 +300,15 @@ class Pipeline:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def broker_link(self, up: bool) -> None:
+        """The receiver's link to the broker came up or went down: presence timeouts wait for
+        the terminals to be heard again (PresenceTracker.link_back / link_lost, issue 13)."""
+        now = self.clock()
+        if up:
+            self.presence.link_back(now)
+        else:
+            self.presence.link_lost(now)
 
     async def run_ticks(self, interval_s: float = 1.0) -> None:
         while not self._stop.is_set():

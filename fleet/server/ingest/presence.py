@@ -32,6 +32,12 @@ Hysteresis (so a flaky link does not flap)
 
 A server restart: `restore()` the state from the DB; a terminal restored as online is given a full
 timeout from the restore time, so queued messages can drain before anyone is called offline.
+
+The server's own link to the broker (issue 13): while it is down (`link_lost`: the server starting,
+the broker restarting or unreachable) the server hears nobody, so silence says nothing and nobody
+is timed out; when it is back (`link_back`) every terminal gets a full timeout from then to report
+(terminals reconnect with their own backoff). Only timeouts wait: an `online:false` presence (a
+Last Will, a goodbye) is an offline the terminal or the broker reported, and counts at once.
 """
 
 from __future__ import annotations
@@ -80,6 +86,9 @@ class PresenceTracker:
         self.hold_s = hold_s
         self._states: dict[str, _State] = {}
         self._intervals: dict[str, float] = {}
+        #: The server's link to the broker: down since (None: up), and up since.
+        self._link_down_at: float | None = None
+        self._link_up_at = float("-inf")
 
     # -- configuration and state ------------------------------------------------------------
 
@@ -115,6 +124,16 @@ class PresenceTracker:
         else:
             s.last_down = changed_at if changed_at is not None else now
             s.up_since = None
+
+    def link_lost(self, now: float) -> None:
+        """The server cannot hear the terminals (see the module docstring): no timeouts."""
+        if self._link_down_at is None:
+            self._link_down_at = now
+
+    def link_back(self, now: float) -> None:
+        """The server hears the terminals again: each has a full timeout from `now` to report."""
+        self._link_down_at = None
+        self._link_up_at = now
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -174,7 +193,8 @@ class PresenceTracker:
 
     def _check(self, terminal: str, s: _State, now: float) -> list[Transition]:
         if s.up_since is not None and s.last_alive is not None:
-            if now - s.last_alive > self.timeout_s(terminal):
+            heard = max(s.last_alive, self._link_up_at)
+            if self._link_down_at is None and now - heard > self.timeout_s(terminal):
                 return self._down(terminal, s, now, "timeout")
             if s.online is False and self._hold_over(s, now):
                 return [self._report(terminal, s, True, None, now)]

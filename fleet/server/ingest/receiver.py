@@ -54,6 +54,7 @@ import logging
 import random
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fleet.server.ingest import mqtt_wire as wire
@@ -158,10 +159,19 @@ class _Link(asyncio.Protocol):
 
 
 class Receiver:
-    """Start with `await start()`; take messages with `get()`, `batch()` or `async for`."""
+    """Start with `await start()`; take messages with `get()`, `batch()` or `async for`.
 
-    def __init__(self, config: ReceiverConfig) -> None:
+    `on_link(True)` is called (on the event loop) when a connection has subscribed, and
+    `on_link(False)` when that connection ends: the consumer then knows when it can hear the
+    terminals (presence timeouts wait for it).
+    """
+
+    def __init__(
+        self, config: ReceiverConfig, on_link: Callable[[bool], None] | None = None
+    ) -> None:
         self.config = config
+        self.on_link = on_link
+        self._linked = False
         self._items: collections.deque[Received] = collections.deque()
         self._ready = asyncio.Event()
         self._connected = asyncio.Event()
@@ -223,6 +233,7 @@ class Receiver:
                 self._live = False
                 self._connected.clear()
                 self._link = None
+                self._set_linked(False)
             if self._closing:
                 return
             delay = self.config.reconnect_min_s if established else delay
@@ -343,10 +354,17 @@ class Receiver:
                 log.error("ingest subscriptions refused: %s", ", ".join(f"0x{r:02x}" for r in bad))
             self._subscribed_on = link.number
             self._connected.set()
+            self._set_linked(True)
         elif p.type == wire.DISCONNECT:
             reason = p.body[0] if p.body else 0
             log.warning("broker disconnected the ingest (reason 0x%02x)", reason)
         # PINGRESP: last_in is already updated; PUBACK never comes (we do not publish).
+
+    def _set_linked(self, linked: bool) -> None:
+        if linked != self._linked:
+            self._linked = linked
+            if self.on_link is not None:
+                self.on_link(linked)
 
     # -- the consumer's side ----------------------------------------------------------------
 
