@@ -51,8 +51,10 @@ def _detail(text: str) -> str:
         parts = []
         for err in detail:
             if isinstance(err, dict):
-                loc = ".".join(str(x) for x in err.get("loc", []) if x not in ("body", "query"))
-                parts.append(f"{loc}: {err.get('msg', '')}" if loc else str(err.get("msg", "")))
+                where = [str(x) for x in err.get("loc", []) if x not in ("body", "query", "path")]
+                loc = ".".join(where)
+                msg = str(err.get("msg", "")).removeprefix("Value error, ")
+                parts.append(f"{loc}: {msg}" if loc and f"{loc}:" not in msg else msg)
             else:
                 parts.append(str(err))
         return "; ".join(parts)

@@ -614,3 +614,6 @@ def test_the_api_clients_errors_name_the_field_in_words() -> None:
     assert _detail(body) == "paper.low_pct: 1..99"
     assert _detail('{"detail": "no such rollout"}') == "no such rollout"
     assert _detail("<html>bad gateway</html>") == "<html>bad gateway</html>"
+    # The field is not said twice when the message names it already.
+    twice = '{"detail": [{"loc": ["body", "paper", "low_pct"], "msg": "x.paper.low_pct: 150"}]}'
+    assert _detail(twice) == "x.paper.low_pct: 150"

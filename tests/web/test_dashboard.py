@@ -263,3 +263,17 @@ def test_issue_page(operator: Page, fleet: Fleet) -> None:
     expect(page.locator("#issued-title")).to_contain_text("已签发")
     expect(page.locator("#issued-text")).to_contain_text("LIC1:")
     shot(page, "issue")
+    # A refused licence (a wrong check character): the reason in words, naming the field, no
+    # JSON; and the licence issued before is gone, so nobody prints it for this one.
+    page.fill('input[name="uscc"]', "92510107MA6CQ8T15G")
+    page.click("#issue-submit")
+    expect(page.locator("#issued-title")).to_contain_text("uscc")
+    title = page.locator("#issued-title").inner_text()
+    assert "{" not in title and "[" not in title and "Value error" not in title, title
+    expect(page.locator("#issued-text")).to_have_text("")
+    assert page.locator("#issued-qr").get_attribute("src") is None
+    page.fill('input[name="uscc"]', "ABCD")
+    page.click("#issue-submit")
+    expect(page.locator("#issued-title")).to_contain_text("18")
+    assert "pattern" not in page.locator("#issued-title").inner_text()
+    shot(page, "issue-refused")

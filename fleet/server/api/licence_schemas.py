@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, mo
 
 import rust_core
 from fleet.licence_claims import LIC_FIELDS, claims_to_json
-from fleet.server.api.params import JSON_NUMBER, MAX_SAFE_INT, TerminalIdValue
+from fleet.server.api.params import JSON_NUMBER, MAX_SAFE_INT, TerminalIdValue, worded
 from fleet.server.db.models import Licence
 
 #: Verdicts reached only after the signature checked out: their claims can be believed.
@@ -42,13 +42,19 @@ class LicFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    uscc: str = Field(pattern=USCC_SHAPE, description="unified social credit code")
+    uscc: Annotated[
+        str,
+        StringConstraints(pattern=USCC_SHAPE),
+        worded("a unified social credit code is 18 digits and capital letters (no I, O, S, V, Z)"),
+    ] = Field(description="unified social credit code")
     name: Text
     kind: Text = Field(description="entity type, e.g. 个体工商户")
     rep: Text = Field(description="legal representative / operator")
     addr: Text
     cap: str | None = Field(default=None, max_length=500, description="registered capital")
-    est: str = Field(pattern=DATE_SHAPE, description="date established, YYYY-MM-DD")
+    est: Annotated[str, StringConstraints(pattern=DATE_SHAPE), worded("not a date: YYYY-MM-DD")] = (
+        Field(description="date established, YYYY-MM-DD")
+    )
     scope: str | None = Field(default=None, max_length=2000, description="business scope")
     term: Text | None = Field(
         default=None, description="the terminal that prints it; default: `terminal`"

@@ -13,7 +13,16 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Final, Literal
 
 from fastapi import Path, Query
-from pydantic import AfterValidator, BeforeValidator, Strict, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Strict,
+    StringConstraints,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
+from pydantic_core import PydanticCustomError
 
 from agent.desired.document import MODEL_ID, SHA256_HEX, TEMPLATE_ID
 from agent.update.tuf_client import VERSION_RE
@@ -43,11 +52,28 @@ else:
 
 # --- values, usable in bodies too --------------------------------------------------------------
 
+
+def worded(message: str) -> WrapValidator:
+    """Say `message` when the constraints beside it refuse a value, instead of pydantic's
+    "String should match pattern '^[0-9]…$'": staff read these on the dashboard and the command
+    line. The constraints themselves stay in the OpenAPI."""
+
+    def wrap(value: object, handler: ValidatorFunctionWrapHandler) -> object:
+        try:
+            return handler(value)
+        except ValidationError:
+            raise PydanticCustomError("value_error", message) from None
+
+    return WrapValidator(wrap)
+
+
 TerminalIdValue = Annotated[str, StringConstraints(pattern=TERMINAL_ID_RE)]
 SiteIdValue = Annotated[str, StringConstraints(pattern=SITE_ID_RE)]
 ModelIdValue = Annotated[str, StringConstraints(pattern=MODEL_ID.pattern)]
 ReleaseVersion = Annotated[
-    str, StringConstraints(pattern=VERSION_RE.pattern, max_length=RELEASE_VERSION_MAX)
+    str,
+    StringConstraints(pattern=VERSION_RE.pattern, max_length=RELEASE_VERSION_MAX),
+    worded("not a release version: digits as MAJOR.MINOR.PATCH, e.g. 1.2.0"),
 ]
 
 

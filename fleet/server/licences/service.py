@@ -92,7 +92,8 @@ async def issue(
             )
         except rust_core.ClaimsError as e:
             message = str(e)
-            raise ClaimsRefused(message, refusal_loc(message)) from None
+            # One licence: rust_core's batch index ("claims[0]: ") says nothing to a person.
+            raise ClaimsRefused(message.removeprefix("claims[0]: "), refusal_loc(message)) from None
         try:
             row = await Licence.create(
                 serial=cti.hex(),

@@ -45,11 +45,19 @@
     });
     let payload = null;
     try { payload = await r.json(); } catch (e) { payload = null; }
-    if (!r.ok) {
-      const detail = payload && payload.detail ? JSON.stringify(payload.detail) : String(r.status);
-      throw new Error(detail);
-    }
+    if (!r.ok) throw new Error(payload && payload.detail ? readable(payload.detail) : String(r.status));
     return payload;
+  }
+
+  // The API's error detail as one line a person can read: a message, or a 422's list of field
+  // errors as "field: message; …" (never the raw JSON, and never the values typed back).
+  function readable(detail) {
+    if (!Array.isArray(detail)) return typeof detail === "string" ? detail : JSON.stringify(detail);
+    return detail.map((d) => {
+      const loc = (d.loc || []).filter((p) => !["body", "query", "path"].includes(p)).join(".");
+      const msg = String(d.msg || "").replace(/^Value error, /, "");
+      return loc && !msg.includes(`${loc}:`) ? `${loc}: ${msg}` : msg;
+    }).join("; ");
   }
 
   // --- live updates ---------------------------------------------------------------------------
@@ -347,25 +355,22 @@
         title.textContent = `${T.issue_done}: ${r.serial}`;
         const url = URL.createObjectURL(new Blob([r.qr_svg], { type: "image/svg+xml" }));
         document.getElementById("issued-qr").src = url;
+        document.getElementById("issued-qr").hidden = false;
         document.getElementById("issued-text").textContent = r.text;
       } catch (err) {
         title.textContent = `${T.issue_failed}: ${err.message}`;
+        // The licence issued before must not stay under a failure: it could be printed.
+        document.getElementById("issued-qr").removeAttribute("src");
+        document.getElementById("issued-qr").hidden = true;
+        document.getElementById("issued-text").textContent = "";
       }
     });
   }
 
   // --- rollouts -------------------------------------------------------------------------------
 
-  // The API's error detail as one readable line: a message, or pydantic's list of field errors.
-  function errorText(err) {
-    let detail;
-    try { detail = JSON.parse(err.message); } catch (e) { return err.message; }
-    if (Array.isArray(detail)) {
-      return detail.map((d) => [(d.loc || []).filter((p) => p !== "body").join("."), d.msg]
-        .filter(Boolean).join(": ")).join("; ");
-    }
-    return typeof detail === "string" ? detail : JSON.stringify(detail);
-  }
+  // api() already words the error; kept as the rollout pages' name for it.
+  const errorText = (err) => err.message;
 
   const fill = (text, values) => text.replace(/\{(\w+)\}/g, (m, k) => (k in values ? values[k] : m));
   const rstateBadge = (s) => el("span", { class: "badge rstate-" + s, text: T["rstate_" + s] || s });
