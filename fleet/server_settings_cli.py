@@ -16,4 +16,17 @@ def settings_from(config: str | None, **overrides: Any) -> Settings:
     try:
         return load_settings(config, **overrides)
     except (ValidationError, FileNotFoundError, ValueError) as e:
-        raise CliError(f"server settings: {e}") from None
+        raise settings_error(e) from None
+
+
+def settings_error(e: Exception) -> CliError:
+    """One line: pydantic's first error in words, without its type tags and links."""
+    from pydantic import ValidationError
+
+    if isinstance(e, ValidationError) and e.errors():
+        first = e.errors(include_url=False)[0]
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        why = str(first.get("msg", "")).removeprefix("Value error, ")
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        return CliError(f"server settings: {where + ': ' if where else ''}{why}{more}")
+    return CliError(f"server settings: {e}")

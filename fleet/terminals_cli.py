@@ -179,6 +179,7 @@ def _server_side(args: argparse.Namespace) -> tuple[Path, str | None, str]:
     from pydantic import ValidationError
 
     from fleet.server.settings import load_settings
+    from fleet.server_settings_cli import settings_error
 
     overrides = {} if args.data_dir is None else {"data_dir": args.data_dir}
     if args.config is None:
@@ -188,6 +189,6 @@ def _server_side(args: argparse.Namespace) -> tuple[Path, str | None, str]:
     try:
         settings = load_settings(args.config, **overrides)
     except (ValidationError, FileNotFoundError, ValueError) as e:
-        raise CliError(f"server settings: {e}") from None
+        raise settings_error(e) from None
     broker_url = None if args.data_dir is not None and args.config is None else settings.broker_url
     return settings.data_dir, broker_url, settings.database_url

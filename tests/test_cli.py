@@ -617,3 +617,18 @@ def test_the_api_clients_errors_name_the_field_in_words() -> None:
     # The field is not said twice when the message names it already.
     twice = '{"detail": [{"loc": ["body", "paper", "low_pct"], "msg": "x.paper.low_pct: 150"}]}'
     assert _detail(twice) == "x.paper.low_pct: 150"
+
+
+def test_refused_server_settings_are_one_line(tmp_path: Path) -> None:
+    """`fleet tokens` outside dev mode with the default secrets: one line saying which and how,
+    not pydantic's three-line report with its links."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    env["FLEET_DATA_DIR"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "fleet", "tokens", "create", "--role", "auditor", "--name", "x"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "FLEET_SESSION_SECRET" in lines[0], done.stderr
+    assert "pydantic.dev" not in done.stderr
