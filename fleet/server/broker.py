@@ -54,6 +54,7 @@ from fleet.server.broker_files import (
     mqtt_login,
     runs_config,
 )
+from fleet.server.log_throttle import LogThrottle
 
 __all__ = ["BROKER_SUBDIR", "BrokerError", "EmbeddedBroker", "free_port"]
 
@@ -125,6 +126,8 @@ class EmbeddedBroker:
         self._thread: threading.Thread | None = None
         self._last_output: collections.deque[str] = collections.deque(maxlen=20)
         self.log = BrokerLog(on_event)
+        # Clients can make Mosquitto log (a flood of malformed CONNECTs): bounded here.
+        self._log_lines = LogThrottle(mosquitto_log, max_lines=50)
         self._start_error: str | None = None
         #: How many times the supervisor has restarted Mosquitto after it died.
         self.restarts = 0
@@ -434,11 +437,11 @@ class EmbeddedBroker:
             self._last_output.append(line)
             lower = line.lower()
             if lower.startswith("error"):
-                mosquitto_log.error("%s", line)
+                self._log_lines.log(logging.ERROR, "%s", line)
             elif lower.startswith("warning"):
-                mosquitto_log.warning("%s", line)
+                self._log_lines.log(logging.WARNING, "%s", line)
             else:
-                mosquitto_log.info("%s", line)
+                self._log_lines.log(logging.INFO, "%s", line)
         stream.close()
 
     def _wait_ready(self, proc: subprocess.Popen[bytes]) -> bool:

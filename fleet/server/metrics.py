@@ -45,7 +45,7 @@ from fleet.server.terminal_state import terminal_state
 log = logging.getLogger(__name__)
 
 #: `result` values of fleet_ingest_messages_total: a bounded set, so the ingest cannot explode it.
-INGEST_RESULTS = ("stored", "duplicate", "rejected", "error")
+INGEST_RESULTS = ("stored", "duplicate", "rejected", "rate_limited", "error")
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     # (`clock_skew`): stored, it would be "the newest" in every history query until then. Status
     # reports and events dated before the history retention are refused likewise.
     ingest_max_ts_ahead_s: int = Field(default=600, ge=1)
+    # What one terminal may send (ingest/rate.py): a burst that covers an outbox emptying after a
+    # week offline at a 30 s interval, then a sustained rate far above any agent's own.
+    ingest_terminal_burst: int = Field(default=20_000, ge=1)
+    ingest_terminal_rate_per_s: float = Field(default=5.0, gt=0)
     dead_letter_payload_max_chars: int = Field(default=4096, ge=64)
 
     paper_low_pct: int = Field(default=20, ge=0, le=100)

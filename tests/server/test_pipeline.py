@@ -326,6 +326,48 @@ async def test_what_the_receiver_could_not_decode_is_dead_lettered(db: str) -> N
     assert await StatusSample.filter(terminal_id="T1").count() == 1
 
 
+async def test_a_terminal_over_its_rate_is_held_to_it_and_others_are_not(db: str) -> None:
+    """Issue 12 attack: one terminal's credentials stored 6,700 valid reports a second. Past its
+    burst a terminal is held to its rate: the rest is counted, one dead letter a batch, nothing
+    stored; another terminal in the same batches is untouched."""
+    await seed("T1", "T2")
+    metrics = FleetMetrics()
+    p = await make_pipeline(
+        db,
+        metrics=metrics,
+        settings={"ingest_terminal_burst": 10, "ingest_terminal_rate_per_s": 1.0},
+    )
+    flood = [msg("T1", "status", status(seq)) for seq in range(1, 101)]
+    honest = [msg("T2", "status", status(seq)) for seq in range(1, 4)]
+    await p.handle(flood[:50] + honest[:1])
+    await p.handle(flood[50:] + honest[1:])
+    assert await StatusSample.filter(terminal_id="T1").count() == 10
+    assert await StatusSample.filter(terminal_id="T2").count() == 3
+    dead = await DeadLetter.filter(terminal="T1").values_list("reason", flat=True)
+    assert dead == [
+        "rate_limited: 40 messages over the terminal's rate, not stored",
+        "rate_limited: 50 messages over the terminal's rate, not stored",
+    ]
+    assert metrics.ingest_messages.labels("rate_limited")._value.get() == 90
+    # Time refills it: 5 s later five more are taken.
+    later = [msg("T1", "status", status(seq), at=T0 + 5) for seq in range(101, 111)]
+    await p.handle(later)
+    assert await StatusSample.filter(terminal_id="T1").count() == 15
+
+
+async def test_reasons_are_bounded(db: str) -> None:
+    await seed("T1")
+    p = await make_pipeline(db)
+    many = status(1, reasons=[f"r{i}" for i in range(33)])
+    long = status(2, reasons=["x" * 65])
+    await p.handle([msg("T1", "status", many), msg("T1", "status", long)])
+    reasons = await DeadLetter.all().order_by("id").values_list("reason", flat=True)
+    assert reasons == [
+        "schema: printer.reasons: more than 32 reasons",
+        "schema: printer.reasons[0]: longer than 64 characters",
+    ]
+
+
 async def test_unknown_terminal_is_auto_registered(db: str) -> None:
     p = await make_pipeline(db)
     await p.handle([msg("NEW-1", "status", status(1))])

@@ -76,6 +76,7 @@ from fleet.server.events_bus import EventBus
 from fleet.server.ingest.gaps import last_seq_ts, missing_seqs
 from fleet.server.ingest.presence import PresenceTracker
 from fleet.server.ingest.presence import Transition as PresenceTransition
+from fleet.server.ingest.rate import TerminalRateLimit
 from fleet.server.ingest.receiver import Received
 from fleet.server.ingest.sequence import Duplicate, New, SequenceTracker
 from fleet.server.ingest.store import (
@@ -89,6 +90,7 @@ from fleet.server.ingest.store import (
     write_batch,
 )
 from fleet.server.ingest.validate import (
+    TOPIC_PREFIX,
     CmdResult,
     Event,
     Message,
@@ -99,6 +101,7 @@ from fleet.server.ingest.validate import (
     parse,
     parse_topic,
 )
+from fleet.server.log_throttle import LogThrottle
 from fleet.server.metrics import FleetMetrics
 from fleet.server.rollouts.engine import UPDATE_EVENTS, UpdateEvent
 from fleet.server.settings import Settings
@@ -184,6 +187,11 @@ class Pipeline:
         self.clock = clock
         self.update_events = update_events
         self._max_age_s = settings.history_retention_days * 86400.0
+        # A terminal may restart its sequence on every report: its lines are bounded.
+        self._reset_log = LogThrottle(log)
+        self.rate_limit = TerminalRateLimit(
+            settings.ingest_terminal_rate_per_s, settings.ingest_terminal_burst
+        )
         self._known: dict[str, _Known] = {}
         # handle() and tick() both move the trackers and write; one at a time keeps the
         # database in the order the trackers decided.
@@ -326,6 +334,19 @@ class Pipeline:
         async with self._lock:
             await self._handle(msgs)
 
+    def _over_rate(self, msgs: Sequence[Received]) -> tuple[list[Received], Counter[str]]:
+        """The messages within their terminal's rate, and how many each terminal sent over it."""
+        kept: list[Received] = []
+        over: Counter[str] = Counter()
+        limit = self.rate_limit
+        for m in msgs:
+            tid = _topic_terminal(m)
+            if tid is None or limit.allow(tid, m.received_at):
+                kept.append(m)
+            else:
+                over[tid] += 1
+        return kept, over
+
     def _check(self, m: Received) -> Message | Rejection:
         """`parse`, plus what needs the server: the receiver's refusals and the clock."""
         if m.refused is not None:
@@ -349,10 +370,22 @@ class Pipeline:
         return p
 
     async def _handle(self, msgs: Sequence[Received]) -> None:
+        msgs, over = self._over_rate(msgs)
         parsed = [(m, self._check(m)) for m in msgs]
         await self._resolve_unknown(parsed)
         write = BatchWrite()
         counts: Counter[str] = Counter()
+        for tid, n in over.items():
+            counts["rate_limited"] += n
+            write.dead.append(
+                DeadLetter(
+                    received_at=_dt(self.clock()),
+                    topic=f"{TOPIC_PREFIX}{tid}/",
+                    reason=f"rate_limited: {n} messages over the terminal's rate, not stored",
+                    payload="",
+                    terminal=tid,
+                )
+            )
         newest: dict[str, tuple[Status, float]] = {}
         presence: list[PresenceTransition] = []
         lags: list[float] = []
@@ -507,13 +540,13 @@ class Pipeline:
             except Exception:
                 log.exception("the rollout engine failed on %d update events", len(updates))
 
-    @staticmethod
-    def _sequence_notes(tid: str, seq: int, outcome: New, write: BatchWrite) -> None:
+    def _sequence_notes(self, tid: str, seq: int, outcome: New, write: BatchWrite) -> None:
         if outcome.gap is not None:
             g = outcome.gap
             write.gaps.append(SeqGap(terminal_id=tid, after_seq=g.after, before_seq=g.before))
         if outcome.reset is not None:
-            log.info(
+            self._reset_log.log(
+                logging.INFO,
                 "terminal %s restarted its sequence at %d (was %d)",
                 tid,
                 seq,

@@ -52,6 +52,10 @@ READER_STATES: Final = frozenset({"ok", "no_reader", "error", "offline"})
 EVENT_NAME: Final = re.compile(r"[a-z][a-z0-9_]{0,31}")
 #: The agent version is stored in a 32-character column; "1.2.0" is the shape.
 MAX_AGENT_CHARS: Final = 32
+#: `printer.reasons`: IPP's printer-state-reasons are a handful of keywords. Every status sample
+#: stores them, so unbounded they let one terminal write 65 MB/s of history (issue 12 attack).
+MAX_REASONS: Final = 32
+MAX_REASON_CHARS: Final = 64
 #: Dead-letter rows keep the topic in a 255-character column.
 MAX_TOPIC_CHARS: Final = 255
 #: Payload keys that name a terminal; if present they must agree with the topic.
@@ -460,9 +464,15 @@ def _printer(doc: dict[str, Any]) -> Printer | None:
         reasons = []
     if not isinstance(reasons, list):
         raise _SchemaError("printer.reasons", f"expected an array, got {_type(reasons)}")
+    if len(reasons) > MAX_REASONS:
+        raise _SchemaError("printer.reasons", f"more than {MAX_REASONS} reasons")
     for i, r in enumerate(reasons):
         if not isinstance(r, str):
             raise _SchemaError(f"printer.reasons[{i}]", f"expected a string, got {_type(r)}")
+        if len(r) > MAX_REASON_CHARS:
+            raise _SchemaError(
+                f"printer.reasons[{i}]", f"longer than {MAX_REASON_CHARS} characters"
+            )
     paper_doc = _obj(p, "paper", "printer.")
     paper = None
     if paper_doc is not None:
@@ -591,8 +601,10 @@ def _status_fast(terminal: str, doc: dict[str, Any]) -> Status | None:
         if reasons is None:
             reasons_t: tuple[str, ...] = ()
         elif type(reasons) is list:
+            if len(reasons) > MAX_REASONS:
+                return None
             for r in reasons:
-                if type(r) is not str:
+                if type(r) is not str or len(r) > MAX_REASON_CHARS:
                     return None
             reasons_t = tuple(reasons)
         else:
