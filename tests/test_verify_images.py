@@ -16,7 +16,7 @@ from PIL import Image, ImageFilter
 
 import rust_core
 from fleet.demo import FORGED_NAME, NAME, forge_name, sample_claims
-from tests.image_bombs import declared_png
+from tests.image_bombs import declared_png, many_scans_jpeg
 
 ISSUER = "CN-510107"
 NOW = 1_767_225_600
@@ -172,3 +172,38 @@ def test_an_image_over_the_pixel_limit_is_refused_from_its_header(tmp_path: Path
     assert lines["huge.png"].startswith("unreadable")
     assert "8000x8000 pixels is over the 60,000,000 pixel limit" in lines["huge.png"]
     assert lines["fits.png"].startswith("unreadable") and "truncated" in lines["fits.png"]
+
+
+def test_a_jpeg_of_too_many_scans_is_refused_unread() -> None:
+    """Each scan of a progressive JPEG is another pass over every pixel: thousands of them in a
+    file whose header declares few pixels cost seconds of CPU. The scans are counted from the
+    file's markers (stepping over restart markers and 0xFF00 in the scans' data) and an image
+    with more than MAX_JPEG_SCANS is refused before anything is decoded, like a huge one."""
+    from fleet.qr_images import MAX_JPEG_SCANS, ImageUnreadable, decode_qr_texts, image_size
+
+    at_limit = many_scans_jpeg(64, 48, MAX_JPEG_SCANS)
+    assert image_size(at_limit) == (64, 48)
+    assert decode_qr_texts(at_limit) == []
+    over = many_scans_jpeg(64, 48, MAX_JPEG_SCANS + 1)
+    for check in (image_size, decode_qr_texts):
+        with pytest.raises(ImageUnreadable, match=f"more than {MAX_JPEG_SCANS} scans"):
+            check(over)
+
+
+def test_a_progressive_jpeg_still_decodes_whatever_its_segments_hold(
+    case: dict[str, object],
+) -> None:
+    """Normal progressive JPEGs have 6-10 scans. Bytes that spell a scan's marker inside another
+    segment (a comment here; an embedded thumbnail or ICC profile in a photo) are no scan."""
+    from fleet.qr_images import MAX_JPEG_SCANS, decode_qr_texts
+
+    genuine = case["genuine"]
+    assert isinstance(genuine, str)
+    buf = io.BytesIO()
+    _png(genuine).save(buf, "JPEG", progressive=True, quality=90)
+    data = buf.getvalue()
+    comment = b"\xff\xda" * (MAX_JPEG_SCANS + 50)
+    com = b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment
+    data = data[:2] + com + data[2:]  # right after SOI
+    assert data.count(b"\xff\xda") > MAX_JPEG_SCANS
+    assert decode_qr_texts(data) == [genuine]

@@ -19,7 +19,7 @@ from fleet.qr_images import MAX_PIXELS
 from fleet.server.api.routes.verify import MAX_REQUEST_PIXELS, MAX_VERIFY_BYTES
 from fleet.server.licences.keys import Issuer, load_issuer
 from fleet.server.settings import Settings
-from tests.image_bombs import declared_png
+from tests.image_bombs import declared_png, many_scans_jpeg
 from tests.server.api_support import NOW, Api
 from tests.server.licence_support import ISSUER, give_issuer, issue
 
@@ -253,6 +253,28 @@ async def test_images_share_one_pixel_budget_checked_from_their_headers(api: Api
     files = [("files", ("huge.png", declared_png(8_000, 8_000), "image/png"))]
     r = await api.client.post("/api/v1/verify/images", files=files, headers=api.auth("auditor"))
     assert "over the 60,000,000 pixel limit" in r.json()["images"][0]["error"]
+
+
+async def test_a_jpeg_of_too_many_scans_gets_its_own_error(api: Api) -> None:
+    """A progressive JPEG repeating its scans thousands of times (7.4 s of CPU for one 7,000 px
+    square in the security test) is refused from its markers; a normal progressive one is read."""
+    give_issuer(api)
+    genuine = (await issue(api))["text"]
+    progressive = io.BytesIO()
+    Image.open(io.BytesIO(rust_core.qr_png(genuine, 3))).save(
+        progressive, "JPEG", progressive=True, quality=90
+    )
+    files = [
+        ("files", ("scans.jpg", many_scans_jpeg(80, 60, 2_000), "image/jpeg")),
+        ("files", ("progressive.jpg", progressive.getvalue(), "image/jpeg")),
+    ]
+    r = await api.client.post(
+        "/api/v1/verify/images", files=files, headers=api.auth("auditor"), params={"at": AT}
+    )
+    assert r.status_code == 200, r.text
+    scans, ok = r.json()["images"]
+    assert scans["results"] == [] and "more than 100 scans" in scans["error"]
+    assert ok["error"] is None and [x["verdict"] for x in ok["results"]] == ["valid"]
 
 
 def test_load_issuer_makes_a_key_in_dev_mode_only_and_keeps_it(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from fastapi import APIRouter, FastAPI
 
 from fleet.server.api import errors
+from fleet.server.api.body_limit import BodyLimit, Bound
 from fleet.server.api.context import AppContext
 from fleet.server.api.openapi import FleetAPI
 from fleet.server.api.routes import (
@@ -79,6 +80,17 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.ctx = ctx
+    # Bodies over their route's bound are refused unread, before any token is checked. Added
+    # first, so it runs inside errors' catch-all (Starlette's last-added is the outermost).
+    app.add_middleware(
+        BodyLimit,
+        bounds=(
+            Bound("POST", "/api/v1/verify", verify.MAX_VERIFY_BYTES),
+            Bound("POST", "/api/v1/verify/images", verify.MAX_IMAGES_BODY_BYTES),
+            Bound("PUT", "/api/v1/templates/[^/]+", templates.MAX_TEMPLATE_BODY_BYTES),
+            Bound("POST", "/login|/logout", web_pages.MAX_FORM_BYTES),
+        ),
+    )
     errors.install(app)  # one shape per error, a logged 500 for the unexpected
     v1 = APIRouter(prefix="/api/v1")  # 401/403/404/422 are documented by FleetAPI
     routes = (

@@ -6,7 +6,8 @@
 - every other 4xx, and 500: `{"detail": "<reason>"}` (ErrorBody).
 - 405 lists in `Allow` every method the path has, not only the first route's.
 - anything a route did not expect is logged with its traceback and a reference, and answered
-  as a 500 that carries the reference and nothing of the traceback.
+  as a 500 that carries the reference and nothing of the traceback. A client that hung up
+  while its body was read is no such thing: a debug line, and no answer (nobody to take it).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -102,6 +104,8 @@ class _CatchAll:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except ClientDisconnect:
+            log.debug("client left during %s %s", scope["method"], scope["path"])
         except Exception:
             ref = secrets.token_hex(6)
             log.exception("unexpected error %s in %s %s", ref, scope["method"], scope["path"])

@@ -4,7 +4,8 @@ FastAPI documents a route's success and, when it has parameters, a 422. What the
 machinery adds is stated here once, by what the operation declares, rather than on each route:
 - 401 and 403 where the operation takes a token (it names a security scheme);
 - 404 where the path has parameters (they name something that may not exist);
-- 422 where it takes any parameter or body (a route reading its body itself included).
+- 422 where it takes any parameter or body (a route reading its body itself included);
+- 413 where it takes a body: one over the route's bound is refused unread (body_limit.py).
 A route documents what only it answers (409, 413, 503) with `responses=`.
 """
 
@@ -61,6 +62,8 @@ def _document(op: dict[str, Any]) -> None:
         )
     if any(p.get("in") == "path" for p in params):
         add(404, "no such resource", _ERROR)
+    if "requestBody" in op:
+        add(413, "the body is over this route's size limit (refused unread)", _ERROR)
     if params or "requestBody" in op:
         # FastAPI's own 422 schema: any route with a parameter has made it a component.
         add(422, "a parameter or the body is not valid; `loc` names it", _INVALID)

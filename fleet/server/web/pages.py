@@ -181,9 +181,13 @@ async def login_form(request: Request) -> Response:
     return _login_page(request, None)
 
 
+#: A dashboard form's body (a token and a CSRF field); api/body_limit.py refuses more unread.
+MAX_FORM_BYTES = 16 * 1024
+
+
 async def _form(request: Request) -> dict[str, str]:
     body = await request.body()
-    if len(body) > 16384:
+    if len(body) > MAX_FORM_BYTES:
         raise HTTPException(413, "form too large")
     return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, HTTPException, Response, status
 from pydantic import WithJsonSchema
 
-from agent.desired.document import canonical
+from agent.desired.document import MAX_TEMPLATE_BYTES, canonical
 from fleet.server.api.deps import ConfigWriter, Ctx, FleetReader
 from fleet.server.api.desired_schemas import (
     TEMPLATE_CONTENT_SCHEMA,
@@ -38,6 +38,11 @@ from fleet.server.db.models import (
 from fleet.server.desired.service import TemplateError
 
 router = APIRouter(prefix="/templates", tags=["templates"])
+
+#: A template PUT's body, refused unread past it (api/body_limit.py). The size limit is on the
+#: canonical bytes (compact, UTF-8); the largest template sent indented or with `\uXXXX` escapes
+#: (6 bytes where UTF-8 takes 3) still fits in four times that.
+MAX_TEMPLATE_BODY_BYTES = 4 * MAX_TEMPLATE_BYTES
 
 
 @router.get(

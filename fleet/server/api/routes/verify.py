@@ -47,6 +47,9 @@ MAX_VERIFY_BYTES = 8 * 1024 * 1024
 #: Images in one upload, and bytes in one image (a 600 dpi A4 JPEG scan is ~5-10 MB).
 MAX_IMAGES = 50
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
+#: The whole multipart body of one upload, refused unread past it (api/body_limit.py): three
+#: images at the per-image limit, or 50 typical 1 MB photos; more is sent in several requests.
+MAX_IMAGES_BODY_BYTES = 64 * 1024 * 1024
 #: Pixels decoded in one upload request, summed over its images and counted from their headers
 #: before any is decoded: two images at the per-image limit (or ten 12 MP phone photos). Decoding
 #: and searching costs ~12 ms of CPU per megapixel (a solid 7,700x7,700 PNG: 0.7 s from 74 KB), so
@@ -170,7 +173,12 @@ async def _verify(
 @router.post(
     "/verify/images",
     response_model=ImagesResponse,
-    responses={413: {"description": f"more than {MAX_IMAGES} images or one too large"}},
+    responses={
+        413: {
+            "description": f"more than {MAX_IMAGES} images, one over {MAX_IMAGE_BYTES} bytes, "
+            f"or a body over {MAX_IMAGES_BODY_BYTES} bytes"
+        }
+    },
 )
 async def verify_images(
     ctx: Ctx,
@@ -181,7 +189,11 @@ async def verify_images(
     ],
     at: Annotated[int | None, Query(ge=0, le=MAX_SAFE_INT)] = None,
 ) -> ImagesResponse:
-    """Find and decode every QR code in each image and verify it; per image, its results."""
+    """Find and decode every QR code in each image and verify it; per image, its results.
+
+    At most 50 images of 20 MB each, and 64 MiB in all (a larger body is refused unread):
+    send more in several requests.
+    """
     if len(files) > MAX_IMAGES:
         raise HTTPException(
             http.HTTP_413_CONTENT_TOO_LARGE, f"at most {MAX_IMAGES} images in one request"
