@@ -4,6 +4,7 @@ field, failures, timeouts, the maintenance window, pause/resume/abort."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 
@@ -341,7 +342,9 @@ async def test_the_ingest_feeds_update_events_to_the_engine(db: str) -> None:
     def event(seq: int, kind: str, **data: str) -> Received:
         doc = {"v": 1, "seq": seq, "ts": "2026-11-25T13:00:00Z", "agent": "1.2.0", "event": kind}
         payload = json.dumps({**doc, **data}).encode()
-        return Received("fleet/v1/t/T01/event", payload, 1, False, False, seq, 0.0, 1)
+        # Received when it was sent: the ingest refuses a report dated far from its arrival.
+        at = datetime(2026, 11, 25, 13, 0, 1, tzinfo=UTC).timestamp()
+        return Received("fleet/v1/t/T01/event", payload, 1, False, False, seq, at, 1)
 
     await pipeline.handle([event(1, "update_downloading"), event(2, "print_completed")])
     assert (await states(ro.id))["T01"] == "downloading"
