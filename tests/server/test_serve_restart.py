@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -100,7 +101,18 @@ def server() -> Iterator[Server]:
     with fleet_serve("fleet-restart-", status_interval_s=STATUS_INTERVAL_S) as running:
         s = Server(running.proc, running.data, running.url, running.env)
         s.token = s.fleet("tokens", "create", "--role", "operator", "--name", "e2e").split()[0]
-        yield s
+        try:
+            yield s
+        finally:
+            # A test that restarted the server holds the new process: fleet_serve knows only
+            # the first (it was left running after every run before this).
+            if s.proc is not running.proc and s.proc.poll() is None:
+                s.proc.send_signal(signal.SIGTERM)
+                try:
+                    s.proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    s.proc.kill()
+                    s.proc.wait()
 
 
 def _kiosks(s: Server, ids: list[str]) -> list[Kiosk]:
