@@ -497,7 +497,7 @@ class BrokerLog:
     its old connection timed out), "login_refused" (wrong password, or terminal credentials on
     the server's listener). (A publish over `message_size_limit` is logged at debug level
     only, so it is not counted here; the terminal's agent counts it as rejected.) Each kind is
-    logged at most once every `log_every_s` with the count since, so a flood of them
+    logged at most once every `log_every_s`, then counted (LogThrottle), so a flood of them
     cannot flood the log.
     """
 
@@ -507,10 +507,8 @@ class BrokerLog:
         self, on_event: Callable[[str], None] | None = None, log_every_s: float = 10.0
     ) -> None:
         self.on_event = on_event
-        self.log_every_s = log_every_s
         self.counts: collections.Counter[str] = collections.Counter()
-        self._unlogged: collections.Counter[str] = collections.Counter()
-        self._logged_at: dict[str, float] = {}
+        self._lines = {k: LogThrottle(log, max_lines=1, window_s=log_every_s) for k in self.KINDS}
 
     def routine(self, line: str) -> bool:
         """True when `line` needs no log line of its own (counted here if it matters)."""
@@ -528,12 +526,7 @@ class BrokerLog:
         self.counts[kind] += 1
         if self.on_event is not None:
             self.on_event(kind)
-        self._unlogged[kind] += 1
-        now = time.monotonic()
-        if now - self._logged_at.get(kind, -float("inf")) >= self.log_every_s:
-            n = self._unlogged.pop(kind)
-            self._logged_at[kind] = now
-            log.warning("broker: %s by client %s (%d since the last such line)", kind, client, n)
+        self._lines[kind].log(logging.WARNING, "broker: %s by client %s", kind, client)
 
 
 # --------------------------------------------------------------------- helpers

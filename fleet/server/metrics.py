@@ -37,6 +37,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from fleet.server.alerts import RULES
+from fleet.server.broker import BrokerLog
 from fleet.server.db.models import Alert, Terminal
 from fleet.server.desired.drift import drift_seconds
 from fleet.server.events_bus import EventBus
@@ -211,7 +212,7 @@ class FleetMetrics:
             ["kind"],
             registry=self.registry,
         )
-        for kind in ("takeover", "login_refused"):
+        for kind in BrokerLog.KINDS:
             self.broker_clients.labels(kind)
 
         self.desired_published = Counter(

@@ -262,7 +262,7 @@ def serve(settings: Settings, *, log_level: str = "info") -> int:
             on_event=lambda kind: context.metrics.broker_clients.labels(kind).inc(),
         ).start()
         # The server's own listener: terminal credentials cannot log in there.
-        address = BrokerAddress("127.0.0.1", broker.server_port)
+        address = parse_broker_url(broker.server_url)
     else:
         address = parse_broker_url(settings.broker_url)
     try:

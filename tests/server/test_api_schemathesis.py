@@ -30,6 +30,7 @@ import pytest
 
 from fleet.server.api import create_app
 from fleet.server.settings import Settings
+from tests.server.licence_support import lic_body
 from tests.services import mosquitto
 from tests.services.fleet_server import Running, fleet_serve
 
@@ -38,14 +39,6 @@ SEED = os.environ.get("FLEET_SCHEMATHESIS_SEED", "1")
 #: Cases per operation and phase: ~45 operations in well under a minute on two cores.
 MAX_EXAMPLES = 25
 TERMINAL, SITE, MODEL, TEMPLATE = "WH-HALL-01", "S1", "kx-a4-ipp", "form-a"
-LICENCE = {
-    "uscc": "92510107MA6CQ8T15F",
-    "name": "成都市武侯区蓉香小吃店",
-    "kind": "个体工商户",
-    "rep": "王秀英",
-    "addr": "四川省成都市武侯区玉林北路12号附3号",
-    "est": "2024-03-18",
-}
 
 #: (method, path regex, why a schema-valid request may still be refused with a 422 there)
 ACCEPTED_422 = [
@@ -85,7 +78,7 @@ def _seed(server: Running, admin: str, tmp_path: Path) -> str:
     with httpx.Client(base_url=server.url, headers=auth, trust_env=False, timeout=30) as c:
         form = {"schema": {"type": "object", "properties": {}}, "layout": []}
         assert c.put(f"/api/v1/templates/{TEMPLATE}", json=form).status_code == 200
-        r = c.post("/api/v1/licences", json={"lic": LICENCE, "terminal": TERMINAL})
+        r = c.post("/api/v1/licences", json={**lic_body(term=None), "terminal": TERMINAL})
         assert r.status_code == 201, r.text
         serial: str = r.json()["serial"]
         return serial

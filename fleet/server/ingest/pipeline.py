@@ -99,7 +99,7 @@ from fleet.server.ingest.validate import (
     Reported,
     Status,
     parse,
-    parse_topic,
+    topic_parts,
 )
 from fleet.server.log_throttle import LogThrottle
 from fleet.server.metrics import FleetMetrics
@@ -147,7 +147,7 @@ def _dt(epoch_s: float) -> datetime:
 
 
 def _topic_terminal(m: Received) -> str | None:
-    found = parse_topic(m.topic)
+    found = topic_parts(m.topic)
     return found[0] if found is not None else None
 
 
@@ -199,10 +199,9 @@ class Pipeline:
         self._stop = asyncio.Event()
         #: Totals by result, also when no metrics are attached (tests, the benchmark).
         self.counts: Counter[str] = Counter()
-        #: False while the database is unavailable (the ingest holds its batch and retries).
+        #: False while the database is unavailable (the ingest holds its batch and retries);
+        #: each retry is counted in fleet_ingest_storage_retries_total.
         self.storage_ok = True
-        #: Database calls that failed for a transient reason and were retried.
-        self.storage_retries = 0
 
     # -- start-up -----------------------------------------------------------------------------
 
@@ -269,15 +268,18 @@ class Pipeline:
         rows = BatchWrite(
             dead=[self._dead(m, reason, "see the server log", _topic_terminal(m)) for m in msgs]
         )
+        keep = self.settings.dead_letter_max_per_terminal
+        await self._best_effort("dead-lettering a batch", partial(write_batch, rows, keep))
+
+    async def _best_effort(self, what: str, op: Callable[[], Awaitable[object]]) -> None:
+        """`op()` through `_retrying`; any other failure is logged and costs only `op`, not the
+        batch (the rows it writes are kept elsewhere, or are idempotent and come again)."""
         try:
-            await self._retrying(
-                "dead-lettering a batch",
-                lambda: write_batch(rows, self.settings.dead_letter_max_per_terminal),
-            )
+            await self._retrying(what, op)
         except StorageUnavailable:
             raise
         except Exception:
-            log.exception("could not dead-letter the batch either")
+            log.exception("%s failed", what)
 
     async def _retrying(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
         """`op()`, again and again while the database is unavailable (see the module docstring);
@@ -290,7 +292,6 @@ class Pipeline:
                 if not is_transient(e):
                     raise
                 self.storage_ok = False
-                self.storage_retries += 1
                 if self.metrics is not None:
                     self.metrics.ingest_storage_retries.inc()
                 reset_pool()  # its connections may be dead or stuck in a failed transaction
@@ -505,23 +506,13 @@ class Pipeline:
         # only after them, so a crash in between redelivers and rewrites them.
         now = _dt(self.clock())
         for tid, doc, ts in side.reported:
-            try:
-                await self._retrying(
-                    "storing a reported message", partial(record_reported, tid, doc, ts, now)
-                )
-            except StorageUnavailable:
-                raise
-            except Exception:
-                log.exception("storing a reported message of %s failed", tid)
+            await self._best_effort(
+                f"storing a reported message of {tid}", partial(record_reported, tid, doc, ts, now)
+            )
         for result, at in side.results:
-            try:
-                await self._retrying(
-                    "storing a command result", partial(commands.record, result, at)
-                )
-            except StorageUnavailable:
-                raise
-            except Exception:
-                log.exception("storing the result of command %s failed", result.id)
+            await self._best_effort(
+                f"storing the result of command {result.id}", partial(commands.record, result, at)
+            )
 
     async def _feed_updates(self, write: BatchWrite) -> None:
         if self.update_events is None:
@@ -532,13 +523,10 @@ class Pipeline:
             if e.kind in UPDATE_EVENTS
         ]
         if updates:
-            feed = self.update_events
-            try:
-                await self._retrying("feeding update events", lambda: feed(updates))
-            except StorageUnavailable:
-                raise
-            except Exception:
-                log.exception("the rollout engine failed on %d update events", len(updates))
+            await self._best_effort(
+                f"feeding {len(updates)} update events to the rollout engine",
+                partial(self.update_events, updates),
+            )
 
     def _sequence_notes(self, tid: str, seq: int, outcome: New, write: BatchWrite) -> None:
         if outcome.gap is not None:

@@ -205,7 +205,8 @@ def parse(topic: str, payload: bytes) -> Message | Rejection:
         return Rejection("internal_error", type(e).__name__, str(topic)[:MAX_TOPIC_CHARS])
 
 
-def _parse(topic: str, payload: bytes) -> Message | Rejection:
+def topic_parts(topic: str) -> tuple[str, Kind] | None:
+    """`parse_topic` through the cache of valid topics (the ingest asks twice a message)."""
     where = _TOPICS.get(topic) if type(topic) is str else None
     if where is None:
         where = parse_topic(topic) if isinstance(topic, str) else None
@@ -213,6 +214,11 @@ def _parse(topic: str, payload: bytes) -> Message | Rejection:
             if len(_TOPICS) >= _MAX_CACHED_TOPICS:
                 _TOPICS.clear()
             _TOPICS[topic] = where
+    return where
+
+
+def _parse(topic: str, payload: bytes) -> Message | Rejection:
+    where = topic_parts(topic)
     if where is None:
         return Rejection("bad_topic", "not fleet/v1/t/{id}/{kind}", str(topic)[:MAX_TOPIC_CHARS])
     terminal, kind = where
