@@ -6,7 +6,9 @@ is dropped: its stream ends, and the browser's EventSource reconnects and reload
 state over REST. Blocking the ingest for one slow reader would delay every terminal's truth.
 
 Everything here runs on the event loop's thread (the ingest pipeline and the API share one loop);
-`publish_threadsafe` is for a caller on another thread.
+`publish_threadsafe` is for a caller on another thread. With replicas, `forward` hands every
+event published here to the other replicas (events_bridge.py), which `deliver` it to their own
+subscribers: every replica's stream shows every event, whichever replica made it.
 
 Event kinds and their payloads (JSON objects):
     status    {"terminal", "site", "state", "online", "printer_state", "paper_pct",
@@ -25,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -106,6 +108,8 @@ class EventBus:
         #: Subscribers dropped for lagging, since start (exported as a metric).
         self.dropped_total = 0
         self.published_total = 0
+        #: Called with every event published here (not with those delivered from elsewhere).
+        self.forward: Callable[[EventKind, Mapping[str, Any]], None] | None = None
 
     @property
     def subscribers(self) -> int:
@@ -117,7 +121,15 @@ class EventBus:
         return sub
 
     def publish(self, kind: EventKind, data: Mapping[str, Any]) -> BusEvent:
-        """Hand an event to every subscriber now; a lagging one is dropped, never waited on."""
+        """Hand an event to every subscriber now (a lagging one is dropped, never waited on),
+        and to `forward`."""
+        event = self.deliver(kind, data)
+        if self.forward is not None:
+            self.forward(kind, data)
+        return event
+
+    def deliver(self, kind: EventKind, data: Mapping[str, Any]) -> BusEvent:
+        """Hand an event to this process's subscribers only."""
         event = BusEvent(next(self._ids), kind, data)
         self.published_total += 1
         for sub in list(self._subs):

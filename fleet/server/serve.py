@@ -20,9 +20,11 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 from urllib.parse import urlsplit
 
 import uvicorn
@@ -31,12 +33,16 @@ import rust_core
 from fleet.firmware import DEFAULT_FIRMWARE_DIR, HardwareModel, load_models
 from fleet.server.api import AppContext, LifespanHook, create_app
 from fleet.server.broker import BROKER_SUBDIR, EmbeddedBroker
+from fleet.server.db.retry import StorageRetry
 from fleet.server.desired.keys import load_config_key
 from fleet.server.desired.service import DesiredService
+from fleet.server.events_bridge import EventsBridge, asyncpg_dsn
 from fleet.server.forecast_job import run_forecast_job
-from fleet.server.ingest.pipeline import Pipeline
+from fleet.server.ingest.inbox import InboxSource, Relay
+from fleet.server.ingest.pipeline import MessageSource, Pipeline
 from fleet.server.ingest.receiver import Receiver, ReceiverConfig
 from fleet.server.ingest.retention import run_retention
+from fleet.server.lease import Leadership, leadership_running, new_holder_id, run_while_held
 from fleet.server.licences.keys import load_issuer
 from fleet.server.mqtt_publish import Publisher, PublisherConfig
 from fleet.server.settings import Settings
@@ -90,74 +96,185 @@ def load_hardware_models(settings: Settings) -> dict[str, HardwareModel]:
     return models
 
 
+class LinkWatch:
+    """The ingest receiver's link to the broker, for whichever pipeline runs now: presence
+    timeouts wait while it is down (Pipeline.broker_link)."""
+
+    def __init__(self) -> None:
+        self.up = False
+        self.listeners: list[Callable[[bool], None]] = []
+
+    def __call__(self, up: bool) -> None:
+        self.up = up
+        for listener in list(self.listeners):
+            listener(up)
+
+
+def _receiver(settings: Settings, address: BrokerAddress, watch: LinkWatch) -> Receiver:
+    """The ingest's MQTT client: alone, the fixed session `{client id}.ingest`; with replicas,
+    `{client id}.ingest.{replica id}` in the shared group, so each replica keeps its own session
+    (and what was queued for it) across restarts."""
+    shared = settings.replicated
+    suffix = f".ingest.{settings.replica_id}" if shared else ".ingest"
+    return Receiver(
+        ReceiverConfig(
+            host=address.host,
+            port=address.port,
+            username=settings.broker_admin_user,
+            password=settings.broker_admin_password.get_secret_value(),
+            client_id=settings.broker_client_id + suffix,
+            tls=address.tls,
+            shared=shared,
+        ),
+        on_link=watch,
+    )
+
+
+async def _stop_tasks(tasks: list[asyncio.Task[None]]) -> None:
+    # A task stuck in a database call (a server gone silent) must not hold the stop: whatever
+    # it had not acknowledged stays with the broker (or in the inbox).
+    _, stuck = await asyncio.wait(tasks, timeout=STOP_WAIT_S)
+    for task in stuck:
+        log.error("%s did not stop in %.0f s; cancelled", task.get_name(), STOP_WAIT_S)
+        task.cancel()
+    if stuck:
+        await asyncio.wait(stuck, timeout=1)
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            if (error := task.exception() if task.done() else None) is not None:
+                log.error("%s ended with %r", task.get_name(), error)
+
+
+@asynccontextmanager
+async def _handling(
+    ctx: AppContext,
+    models: Mapping[str, HardwareModel] | None,
+    source: MessageSource,
+    watch: LinkWatch,
+) -> AsyncIterator[Pipeline]:
+    """The pipeline on `source`, its timers, the history retention and the forecast job."""
+    settings = ctx.settings
+    pipeline = Pipeline(
+        settings,
+        bus=ctx.bus,
+        metrics=ctx.metrics,
+        models=models,
+        update_events=ctx.rollouts.on_update_events,
+    )
+    await pipeline.restore()
+    # Nobody is timed out before the ingest hears the terminals (and then a full timeout).
+    pipeline.broker_link(False)
+    if watch.up:
+        pipeline.broker_link(True)
+    watch.listeners.append(pipeline.broker_link)
+    ctx.alert_engine = pipeline.engine
+    stop_retention, stop_forecast = asyncio.Event(), asyncio.Event()
+    tasks = [
+        asyncio.create_task(pipeline.run(source), name="ingest"),
+        asyncio.create_task(pipeline.run_ticks(TICK_S), name="ingest-ticks"),
+        asyncio.create_task(
+            run_retention(settings, stop_retention, RETENTION_INTERVAL_S), name="retention"
+        ),
+        asyncio.create_task(run_forecast_job(pipeline, stop_forecast), name="forecast"),
+    ]
+    try:
+        yield pipeline
+    finally:
+        pipeline.stop()
+        stop_retention.set()
+        stop_forecast.set()
+        await _stop_tasks(tasks)
+        watch.listeners.remove(pipeline.broker_link)
+        ctx.alert_engine = None
+
+
 def ingest_hook(
     settings: Settings,
     address: BrokerAddress,
     models: Mapping[str, HardwareModel] | None = None,
 ) -> LifespanHook:
-    """The lifespan hook that runs the ingest beside the API (see `create_app`)."""
+    """The lifespan hook that runs the ingest beside the API (see `create_app`): one server."""
 
     @asynccontextmanager
     async def run_ingest(ctx: AppContext) -> AsyncIterator[None]:
-        pipeline = Pipeline(
-            settings,
-            bus=ctx.bus,
-            metrics=ctx.metrics,
-            models=models,
-            update_events=ctx.rollouts.on_update_events,
-        )
-        await pipeline.restore()
-        # Nobody is timed out before the ingest hears the terminals (and then a full timeout).
-        pipeline.broker_link(False)
-        receiver = Receiver(
-            ReceiverConfig(
-                host=address.host,
-                port=address.port,
-                username=settings.broker_admin_user,
-                password=settings.broker_admin_password.get_secret_value(),
-                client_id=f"{settings.broker_client_id}.ingest",
-                tls=address.tls,
-            ),
-            on_link=pipeline.broker_link,
-        )
+        watch = LinkWatch()
+        receiver = _receiver(settings, address, watch)
         await receiver.start()
         with contextlib.suppress(TimeoutError):
             await receiver.wait_connected(CONNECT_WAIT_S)
         if not receiver.connected:
             log.warning("broker %s:%d not reachable yet; retrying", address.host, address.port)
-        # Ready only while it can also store: a database that is away holds the ingest.
-        ctx.ingest_ready = lambda: receiver.connected and pipeline.storage_ok
-        ctx.alert_engine = pipeline.engine
-        stop_retention, stop_forecast = asyncio.Event(), asyncio.Event()
-        tasks = [
-            asyncio.create_task(pipeline.run(receiver), name="ingest"),
-            asyncio.create_task(pipeline.run_ticks(TICK_S), name="ingest-ticks"),
-            asyncio.create_task(
-                run_retention(settings, stop_retention, RETENTION_INTERVAL_S), name="retention"
-            ),
-            asyncio.create_task(run_forecast_job(pipeline, stop_forecast), name="forecast"),
-        ]
         try:
-            yield
+            async with _handling(ctx, models, receiver, watch) as pipeline:
+                # Ready only while it can also store: a database that is away holds the ingest.
+                ctx.ingest_ready = lambda: receiver.connected and pipeline.storage_ok
+                yield
         finally:
-            pipeline.stop()
-            stop_retention.set()
-            stop_forecast.set()
-            # A task stuck in a database call (a server gone silent) must not hold the stop:
-            # whatever it had not acknowledged stays with the broker.
-            _, stuck = await asyncio.wait(tasks, timeout=STOP_WAIT_S)
-            for task in stuck:
-                log.error("%s did not stop in %.0f s; cancelled", task.get_name(), STOP_WAIT_S)
-                task.cancel()
-            if stuck:
-                await asyncio.wait(stuck, timeout=1)
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    if (error := task.exception() if task.done() else None) is not None:
-                        log.error("%s ended with %r", task.get_name(), error)
             await receiver.stop()
 
     return run_ingest
+
+
+def replica_hooks(
+    settings: Settings,
+    address: BrokerAddress,
+    leadership: Leadership,
+    models: Mapping[str, HardwareModel] | None = None,
+) -> tuple[LifespanHook, LifespanHook]:
+    """With replicas: the relay (every replica) and the singletons (the lease holder's)."""
+    watch = LinkWatch()
+    handler: list[Pipeline] = []
+
+    @asynccontextmanager
+    async def run_relay(ctx: AppContext) -> AsyncIterator[None]:
+        receiver = _receiver(settings, address, watch)
+        stop = asyncio.Event()
+        retry = StorageRetry(stop, ctx.metrics.ingest_storage_retries)
+        relay = Relay(retry, settings.ingest_batch_size)
+        await receiver.start()
+        with contextlib.suppress(TimeoutError):
+            await receiver.wait_connected(CONNECT_WAIT_S)
+        ctx.ingest_ready = lambda: (
+            receiver.connected and retry.ok and all(p.storage_ok for p in handler)
+        )
+        task = asyncio.create_task(relay.run(receiver, stop), name="relay")
+        try:
+            yield
+        finally:
+            stop.set()
+            await _stop_tasks([task])
+            await receiver.stop()
+
+    @asynccontextmanager
+    async def handle_inbox(ctx: AppContext) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        source = InboxSource(StorageRetry(stop, ctx.metrics.ingest_storage_retries))
+        try:
+            async with _handling(ctx, models, source, watch) as pipeline:
+                handler.append(pipeline)
+                try:
+                    yield
+                finally:
+                    handler.remove(pipeline)
+                    stop.set()
+        finally:
+            await source.close()
+
+    @asynccontextmanager
+    async def run_singletons(ctx: AppContext) -> AsyncIterator[None]:
+        hooks: list[LifespanHook] = [handle_inbox, run_rollouts]
+        async with leadership_running(leadership) as stop:
+            task = asyncio.create_task(
+                run_while_held(leadership, [partial(h, ctx) for h in hooks], stop),
+                name="singletons",
+            )
+            try:
+                yield
+            finally:
+                stop.set()
+                await task
+
+    return run_relay, run_singletons
 
 
 def desired_hook(
@@ -165,12 +282,19 @@ def desired_hook(
     address: BrokerAddress,
     key: rust_core.SigningKey,
     models: Mapping[str, HardwareModel] | None = None,
+    leadership: Leadership | None = None,
 ) -> LifespanHook:
     """The lifespan hook of the desired state: the publisher and the document service.
 
     Every connection of the publisher (the first, and each after the broker was away)
     republishes every terminal's latest document: the broker may have lost retained copies
-    (a broker without persistence, or a new one), and agents ignore a version they have."""
+    (a broker without persistence, or a new one), and agents ignore a version they have.
+
+    With replicas every replica publishes what its API changes, but only the lease holder
+    recomputes at start, republishes and gives new terminals their first document: two replicas
+    starting together must not both make a new version of every document. It does so at the
+    start of each of its terms, and on each connection of its publisher during one."""
+    lease = leadership or Leadership.solo()
 
     @asynccontextmanager
     async def run_desired(ctx: AppContext) -> AsyncIterator[None]:
@@ -181,16 +305,33 @@ def desired_hook(
             agent_targets=ctx.rollouts.agent_targets,
         )
 
+        once = asyncio.Lock()
+
         async def republish() -> None:
-            # Layers or firmware_configs/ may have changed while the server was down.
-            outcomes = await service.recompute(reason="server start")
-            new = sum(o.result == "new" for o in outcomes)
-            n = await service.republish_latest()
-            log.info("desired state: %d new documents, %d republished", new, n)
+            async with once:
+                if not lease.held:
+                    return
+                # Layers or firmware_configs/ may have changed while the server was down.
+                outcomes = await service.recompute(reason="server start")
+                new = sum(o.result == "new" for o in outcomes)
+                n = await service.republish_latest()
+                log.info("desired state: %d new documents, %d republished", new, n)
+
+        async def each_term() -> None:
+            while True:
+                await lease.wait_held()
+                if publisher.connected:  # else its connection does it
+                    try:
+                        await republish()
+                    except Exception:
+                        log.exception("desired state: republishing for a new term failed")
+                await lease.wait_lost()
 
         async def first_documents() -> None:
             while True:
                 await asyncio.sleep(NEW_TERMINAL_SCAN_S)
+                if not lease.held:
+                    continue
                 try:
                     await service.recompute_new_terminals()
                 except Exception:  # the next scan tries again
@@ -202,7 +343,8 @@ def desired_hook(
                 port=address.port,
                 username=settings.broker_admin_user,
                 password=settings.broker_admin_password.get_secret_value(),
-                client_id=f"{settings.broker_client_id}.pub",
+                client_id=settings.broker_client_id
+                + (f".pub.{settings.replica_id}" if settings.replicated else ".pub"),
                 tls=address.tls,
             ),
             on_connect=republish,
@@ -210,15 +352,44 @@ def desired_hook(
         service.publisher = publisher
         ctx.desired = service
         await publisher.start()
-        scan = asyncio.create_task(first_documents(), name="desired-first-documents")
+        tasks = [asyncio.create_task(first_documents(), name="desired-first-documents")]
+        if lease.shared:
+            tasks.append(asyncio.create_task(each_term(), name="desired-terms"))
         try:
             yield
         finally:
-            scan.cancel()
+            for task in tasks:
+                task.cancel()
             ctx.desired = None
             await publisher.stop()
 
     return run_desired
+
+
+def bridge_hook(origin: str) -> LifespanHook:
+    """With replicas: every replica's event stream shows every replica's events."""
+
+    @asynccontextmanager
+    async def run_bridge(ctx: AppContext) -> AsyncIterator[None]:
+        def on_remote(kind: str, data: Mapping[str, Any]) -> None:
+            # An alert acknowledged through another replica's API: the engine must know.
+            if kind == "alert" and data.get("transition") == "acked" and ctx.alert_engine:
+                ctx.alert_engine.acknowledge(str(data.get("terminal")), str(data.get("rule")))
+
+        bridge = EventsBridge(
+            ctx.bus, asyncpg_dsn(ctx.settings.database_url), origin, on_remote=on_remote
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(bridge.run(stop), name="events-bridge")
+        ctx.bus.forward = bridge.forward
+        try:
+            yield
+        finally:
+            ctx.bus.forward = None
+            stop.set()
+            await _stop_tasks([task])
+
+    return run_bridge
 
 
 @asynccontextmanager
@@ -266,16 +437,25 @@ def serve(settings: Settings, *, log_level: str = "info") -> int:
     else:
         address = parse_broker_url(settings.broker_url)
     try:
-        app = create_app(
-            settings,
-            context=context,
-            hooks=[
+        hooks: list[LifespanHook]
+        if settings.replicated:
+            leadership = Leadership(new_holder_id(settings.replica_id))
+            relay, singletons = replica_hooks(settings, address, leadership, models)
+            hooks = [
+                bridge_hook(leadership.holder),
+                relay,
+                desired_hook(settings, address, key, models, leadership),
+                run_refresh,  # this replica's own update repository (its data_dir)
+                singletons,  # after desired_hook: waves publish documents
+            ]
+        else:
+            hooks = [
                 ingest_hook(settings, address, models),
                 desired_hook(settings, address, key, models),
                 run_refresh,  # re-signs the TUF timestamp of agent releases
                 run_rollouts,  # after desired_hook: waves publish documents
-            ],
-        )
+            ]
+        app = create_app(settings, context=context, hooks=hooks)
         config = uvicorn.Config(
             app,
             host=settings.api_host,

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextvars
 import os
+import re
+import socket
 from datetime import time
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -38,6 +40,10 @@ MIN_SECRET_CHARS = 16
 _toml_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
     "fleet_settings_toml", default=None
 )
+
+
+def is_postgres(database_url: str) -> bool:
+    return database_url.split("://", 1)[0] in {"postgres", "postgresql", "asyncpg", "psycopg"}
 
 
 class InsecureSettingsError(ValueError):
@@ -67,6 +73,12 @@ class Settings(BaseSettings):
     # session lives under it). The dot keeps them apart from every terminal id. Distinct per
     # replica when several servers share one broker.
     broker_client_id: str = Field(default="fleet-server", pattern=r"^[A-Za-z0-9_.-]{1,40}$")
+    # Several `fleet serve` on one PostgreSQL and one broker share the ingest (README,
+    # "Replicas"). None: on exactly when the database is PostgreSQL. SQLite cannot be shared.
+    replicas: bool | None = None
+    # This replica's name: its MQTT client ids end with it, so a replica that restarts takes its
+    # broker session back, with what was queued for it. Empty: the host name and the API port.
+    replica_id: str = Field(default="", pattern=r"^[A-Za-z0-9_.-]{0,60}$")
     broker_admin_password: SecretStr = SecretStr(INSECURE_DEFAULT)
     # Signs dashboard sessions and short-lived SSE tickets.
     session_secret: SecretStr = SecretStr(INSECURE_DEFAULT)
@@ -165,6 +177,11 @@ class Settings(BaseSettings):
             self.issuer_key_file = self.data_dir / "issuer-key.pem"
         if self.service_hours_end <= self.service_hours_start:
             raise ValueError("service_hours_end must be after service_hours_start")
+        if self.replicas and not is_postgres(self.database_url):
+            raise ValueError("replicas need PostgreSQL: set FLEET_DATABASE_URL=postgres://…")
+        if not self.replica_id:
+            host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:50] or "host"
+            self.replica_id = f"{host}-{self.api_port}"
         if not self.dev_mode:
             self._refuse_weak_secrets()
         return self
@@ -188,6 +205,11 @@ class Settings(BaseSettings):
                 + ". Set them (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
                 " or set FLEET_DEV_MODE=1 on a development machine."
             )
+
+    @property
+    def replicated(self) -> bool:
+        """Share the ingest with other replicas (a relay here, the handling on one of them)."""
+        return self.replicas if self.replicas is not None else is_postgres(self.database_url)
 
     @property
     def zone(self) -> ZoneInfo:

@@ -14,31 +14,24 @@ backends are killed (`pg_terminate_backend`) at random moments, several times. T
 
 from __future__ import annotations
 
-import json
 import random
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
 import httpx
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from fleet.server.broker_files import BROKER_SUBDIR, BrokerFiles
 from fleet.server.settings import Settings
+from tests.faults.publisher import Publisher, stored
 from tests.services import mosquitto, postgres
 from tests.services.fleet_server import BIN, fleet_serve, stop_broker, wait_until
 
 pytestmark = pytest.mark.skipif(
     not (mosquitto.available() and postgres.available()), reason="needs mosquitto and postgresql"
 )
-
-TERMINALS = [f"F-{i:03d}" for i in range(40)]
-RATE = 250.0
 
 
 @pytest.fixture
@@ -48,70 +41,6 @@ def pg() -> Iterator[postgres.Postgres]:
         yield server
     finally:
         server.close()
-
-
-class Publisher:
-    """Reports round-robin over TERMINALS as the server's user; records what the broker took."""
-
-    def __init__(self, port: int, user: str, password: str, first: int = 0) -> None:
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id="fault-publisher", protocol=mqtt.MQTTv5
-        )
-        self.client.username_pw_set(user, password)
-        self.client.max_inflight_messages_set(100)
-        self.client.max_queued_messages_set(0)
-        # No lock of ours around publish(): paho calls on_publish holding its own, so one would
-        # deadlock the two threads. Mids do not wrap in this test's few thousand messages.
-        self.sent: dict[int, tuple[str, int]] = {}
-        self.acked_mids: list[int] = []
-        self.client.on_publish = self._on_publish
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        #: Where the numbering starts: a second publisher goes on from the first's last message
-        #: (a terminal starting again at seq 1 would be a new sequence, archived by the ingest).
-        self.next = first
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _on_publish(self, _c: object, _u: object, mid: int, rc: object, _p: object) -> None:
-        if not getattr(rc, "is_failure", False):
-            self.acked_mids.append(mid)
-
-    def _run(self) -> None:
-        started = time.monotonic()
-        first = n = self.next
-        while not self.stop.is_set():
-            ahead = (n - first) / RATE - (time.monotonic() - started)
-            if ahead > 0:
-                time.sleep(ahead)
-            tid = TERMINALS[n % len(TERMINALS)]
-            seq = n // len(TERMINALS) + 1
-            ts = datetime.now(UTC).isoformat(timespec="milliseconds")
-            doc = {"v": 1, "seq": seq, "ts": ts, "agent": "1.0.0",
-                   "printer": {"driver": "sim", "state": "idle", "reasons": []}}  # fmt: skip
-            info = self.client.publish(f"fleet/v1/t/{tid}/status", json.dumps(doc), qos=1)
-            self.sent[info.mid] = (tid, seq)
-            n += 1
-            self.next = n
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def finish(self) -> set[tuple[str, int]]:
-        self.stop.set()
-        self.thread.join(10)
-        deadline = time.monotonic() + 20
-        while len(self.acked_mids) < len(self.sent) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self.client.disconnect()
-        self.client.loop_stop()
-        return {self.sent[m] for m in self.acked_mids if m in self.sent}
-
-
-def stored(pg: postgres.Postgres, database: str) -> list[tuple[str, int]]:
-    out = pg.psql("SELECT terminal_id, seq FROM status_sample WHERE seq >= 0", database)
-    rows = [line.split("|") for line in out.splitlines() if line]
-    return [(t, int(s)) for t, s in rows]
 
 
 def healthz(url: str) -> int:

@@ -19,6 +19,7 @@ from tortoise.connection import get_connection
 from tortoise.migrations.executor import MigrationExecutor
 
 from fleet.server.db import pool_fix
+from fleet.server.settings import is_postgres
 
 APP_LABEL = "fleet"
 MODELS_MODULE = "fleet.server.db.models"
@@ -50,10 +51,6 @@ def tortoise_config(database_url: str) -> dict[str, Any]:
         "use_tz": True,
         "timezone": "UTC",
     }
-
-
-def is_postgres(database_url: str) -> bool:
-    return database_url.split("://", 1)[0] in {"postgres", "postgresql", "asyncpg", "psycopg"}
 
 
 async def init_db(database_url: str, *, migrate: bool = True) -> None:

@@ -491,3 +491,38 @@ class RolloutTerminal(Model):
         table = "rollout_terminal"
         unique_together = (("rollout", "terminal"),)
         indexes = (("terminal_id", "state"),)
+
+
+class InboxMessage(Model):
+    """An MQTT message a replica took off the broker and has not yet been handled (replicas only).
+
+    With several `fleet serve` on one database every replica relays what the shared subscription
+    hands it into this table and acknowledges it; the one replica holding the ingest lease
+    handles the rows in id order and deletes them (fleet/server/ingest/inbox.py). So each
+    terminal's state is decided by one writer, however the broker spread its messages.
+    """
+
+    id = fields.BigIntField(primary_key=True)
+    #: time.time() at the relay: the start of the ingest lag.
+    received_at = fields.FloatField()
+    topic = fields.TextField()
+    payload = fields.BinaryField()
+    #: Why the relay's receiver could not take it as a message (dead-lettered when handled).
+    refused = fields.TextField(null=True)
+
+    class Meta:
+        table = "ingest_inbox"
+
+
+class Lease(Model):
+    """Who runs a singleton (the ingest's state, timers, jobs) among replicas, and until when.
+
+    Renewed by its holder well before `expires_at` (the database's clock decides); taken over by
+    another replica only once it has expired (fleet/server/lease.py)."""
+
+    name = fields.CharField(max_length=64, primary_key=True)
+    holder = fields.CharField(max_length=200)
+    expires_at = fields.DatetimeField()
+
+    class Meta:
+        table = "lease"

@@ -69,7 +69,7 @@ from fleet.server.alerts import Transition as AlertTransition
 from fleet.server.alerts.rules import paper_level
 from fleet.server.alerts.thresholds import ThresholdsByModel
 from fleet.server.db.models import Alert, DeadLetter, SeqGap, Terminal, TerminalEvent
-from fleet.server.db.transient import is_transient, reset_pool
+from fleet.server.db.retry import StorageRetry, StorageUnavailable
 from fleet.server.desired import commands
 from fleet.server.desired.drift import record_reported
 from fleet.server.events_bus import EventBus
@@ -111,13 +111,8 @@ log = logging.getLogger(__name__)
 
 #: Status reports decide these; presence decides terminal_offline (see fleet.server.alerts).
 _STATUS_SCOPE = STATUS_RULES | {"terminal_offline"}
-_RETRY_MAX_S = 10.0
 
 T = TypeVar("T")
-
-
-class StorageUnavailable(Exception):
-    """The database was still away when the ingest was asked to stop: nothing was acked."""
 
 
 class MessageSource(Protocol):
@@ -199,9 +194,9 @@ class Pipeline:
         self._stop = asyncio.Event()
         #: Totals by result, also when no metrics are attached (tests, the benchmark).
         self.counts: Counter[str] = Counter()
-        #: False while the database is unavailable (the ingest holds its batch and retries);
-        #: each retry is counted in fleet_ingest_storage_retries_total.
-        self.storage_ok = True
+        self._retry = StorageRetry(
+            self._stop, metrics.ingest_storage_retries if metrics is not None else None
+        )
 
     # -- start-up -----------------------------------------------------------------------------
 
@@ -282,30 +277,15 @@ class Pipeline:
             log.exception("%s failed", what)
 
     async def _retrying(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
-        """`op()`, again and again while the database is unavailable (see the module docstring);
-        any other error is raised at once."""
-        delay = 0.1
-        while True:
-            try:
-                result = await op()
-            except Exception as e:
-                if not is_transient(e):
-                    raise
-                self.storage_ok = False
-                if self.metrics is not None:
-                    self.metrics.ingest_storage_retries.inc()
-                reset_pool()  # its connections may be dead or stuck in a failed transaction
-                if self._stop.is_set():
-                    raise StorageUnavailable(f"{what}: {e!r}") from e
-                log.error("%s failed (%r); retrying in %.1f s", what, e, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                delay = min(delay * 2, _RETRY_MAX_S)
-                continue
-            if not self.storage_ok:
-                log.warning("the database is back: %s succeeded", what)
-                self.storage_ok = True
-            return result
+        """`op()`, again and again while the database is unavailable (db/retry.py); any other
+        error is raised at once."""
+        return await self._retry(what, op)
+
+    @property
+    def storage_ok(self) -> bool:
+        """False while the database is unavailable (the ingest holds its batch and retries);
+        each retry is counted in fleet_ingest_storage_retries_total."""
+        return self._retry.ok
 
     def stop(self) -> None:
         self._stop.set()
