@@ -68,13 +68,16 @@ class Leadership:
         renew_s: float = RENEW_S,
         margin_s: float = MARGIN_S,
         shared: bool = True,
+        on_change: Callable[[bool], None] | None = None,
     ) -> None:
+        """`on_change(held)` is called at each change (a metric)."""
         if shared and renew_s >= ttl_s - margin_s:
             raise ValueError("renew_s must be well under ttl_s - margin_s")
         self.holder = holder
         self.name = name
         self.ttl_s, self.renew_s, self.margin_s = ttl_s, renew_s, margin_s
         self.shared = shared
+        self.on_change = on_change
         self._until = float("inf") if not shared else 0.0
         self._gained = asyncio.Event()
         self._lost = asyncio.Event()
@@ -93,6 +96,8 @@ class Leadership:
 
     def _update(self) -> None:
         held = self.held
+        if held != self._gained.is_set() and self.on_change is not None:
+            self.on_change(held)
         if held and not self._gained.is_set():
             self.terms += 1
             log.info("lease %r held by this replica (%s)", self.name, self.holder)

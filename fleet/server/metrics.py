@@ -38,7 +38,7 @@ from prometheus_client.registry import Collector
 
 from fleet.server.alerts import RULES
 from fleet.server.broker import BrokerLog
-from fleet.server.db.models import Alert, Terminal
+from fleet.server.db.models import Alert, InboxMessage, Terminal
 from fleet.server.desired.drift import drift_seconds
 from fleet.server.events_bus import EventBus
 from fleet.server.terminal_state import terminal_state
@@ -63,6 +63,8 @@ class FleetSnapshot:
     drift: Mapping[str, float] = field(default_factory=dict)
     #: agent version (as reported; "unknown" before the first report) -> number of terminals.
     agent_versions: Mapping[str, int] = field(default_factory=dict)
+    #: Messages relayed by replicas and not yet handled by the lease holder (0 without replicas).
+    inbox: int = 0
 
 
 SnapshotSource = Callable[[], Awaitable[FleetSnapshot]]
@@ -84,7 +86,8 @@ async def snapshot_from_db() -> FleetSnapshot:
     alert_rows = await Alert.filter(active_key=1).values_list("rule", "severity")
     alerts = Tally((str(rule), str(sev)) for rule, sev in alert_rows)
     drift = await drift_seconds(datetime.now(UTC))
-    return FleetSnapshot(dict(terminals), paper, dict(alerts), drift, dict(versions))
+    inbox = await InboxMessage.all().count()
+    return FleetSnapshot(dict(terminals), paper, dict(alerts), drift, dict(versions), inbox)
 
 
 class FleetStateCollector(Collector):
@@ -140,6 +143,12 @@ class FleetStateCollector(Collector):
         for version, n in sorted(snap.agent_versions.items()):
             versions.add_metric([version], n)
         yield versions
+        yield GaugeMetricFamily(
+            "fleet_ingest_inbox_messages",
+            "Messages relayed into the ingest inbox and not yet handled by the lease holder "
+            "(replicas): a backlog that grows means the holder cannot keep up",
+            value=snap.inbox,
+        )
         if self._bus is not None:
             yield GaugeMetricFamily(
                 "fleet_events_subscribers",
@@ -191,6 +200,17 @@ class FleetMetrics:
             "fleet_ingest_storage_retries",
             "Ingest database calls that failed because the database was away, and were retried "
             "(the messages stay unacknowledged meanwhile)",
+            registry=self.registry,
+        )
+        self.ingest_relayed = Counter(
+            "fleet_ingest_relayed_messages",
+            "Messages this replica took off the broker and filed into the ingest inbox (replicas)",
+            registry=self.registry,
+        )
+        self.lease_held = Gauge(
+            "fleet_replica_lease_held",
+            "1 while this replica holds the lease and runs the singletons (the ingest's handling, "
+            "timers, jobs); exactly one replica should",
             registry=self.registry,
         )
         self.snapshot_errors = Counter(

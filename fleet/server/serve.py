@@ -125,6 +125,7 @@ def _receiver(settings: Settings, address: BrokerAddress, watch: LinkWatch) -> R
             client_id=settings.broker_client_id + suffix,
             tls=address.tls,
             shared=shared,
+            group=settings.ingest_share_group,
         ),
         on_link=watch,
     )
@@ -230,7 +231,7 @@ def replica_hooks(
         receiver = _receiver(settings, address, watch)
         stop = asyncio.Event()
         retry = StorageRetry(stop, ctx.metrics.ingest_storage_retries)
-        relay = Relay(retry, settings.ingest_batch_size)
+        relay = Relay(retry, settings.ingest_batch_size, ctx.metrics.ingest_relayed.inc)
         await receiver.start()
         with contextlib.suppress(TimeoutError):
             await receiver.wait_connected(CONNECT_WAIT_S)
@@ -263,6 +264,7 @@ def replica_hooks(
     @asynccontextmanager
     async def run_singletons(ctx: AppContext) -> AsyncIterator[None]:
         hooks: list[LifespanHook] = [handle_inbox, run_rollouts]
+        leadership.on_change = ctx.metrics.lease_held.set
         async with leadership_running(leadership) as stop:
             task = asyncio.create_task(
                 run_while_held(leadership, [partial(h, ctx) for h in hooks], stop),

@@ -12,6 +12,7 @@ defaults must not come up with a broker password or session secret that anyone c
 from __future__ import annotations
 
 import contextvars
+import hmac
 import os
 import re
 import socket
@@ -205,6 +206,17 @@ class Settings(BaseSettings):
                 + ". Set them (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
                 " or set FLEET_DEV_MODE=1 on a development machine."
             )
+
+    @property
+    def ingest_share_group(self) -> str:
+        """The replicas' shared-subscription group: `fleet-` and 16 hex digits derived from the
+        broker password. Not `fleet`: a broker hands a group member its share of the messages
+        even when its ACL then refuses to deliver them, so one kiosk subscribing to
+        `$share/fleet/fleet/v1/t/+/status` with its own credentials would make its share vanish
+        (measured on Mosquitto 2.0.11: half of all reports, with one replica). Only the
+        servers, who hold the password, know this name."""
+        secret = self.broker_admin_password.get_secret_value().encode()
+        return "fleet-" + hmac.new(secret, b"ingest share group", "sha256").hexdigest()[:16]
 
     @property
     def replicated(self) -> bool:

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from itertools import count
@@ -28,6 +29,7 @@ from fleet.server.ingest.presence import PresenceTracker
 from fleet.server.ingest.receiver import Received, Receiver, ReceiverConfig, subscriptions
 from fleet.server.ingest.sequence import New, SequenceTracker
 from fleet.server.ingest.validate import Presence, Rejection, Status, parse
+from fleet.server.settings import Settings
 from tests.services import mosquitto
 
 SERVER_PW = "server-secret"
@@ -96,6 +98,21 @@ def publish(
     finally:
         c.disconnect()
         c.loop_stop()
+
+
+def subscribe_as(broker: mosquitto.Broker, user: str, filters: list[str]) -> mqtt.Client:
+    """A terminal's client subscribed (SUBACK received) to `filters`; the caller disconnects."""
+    c = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"{user}-sub", protocol=MQTTProtocolVersion.MQTTv5
+    )
+    c.username_pw_set(user, USERS[user])
+    acked = threading.Event()
+    c.on_subscribe = lambda *_: acked.set()
+    c.connect("127.0.0.1", broker.port)
+    c.loop_start()
+    c.subscribe([(f, 1) for f in filters])
+    assert acked.wait(10)
+    return c
 
 
 def status(terminal: str, seq: int) -> tuple[str, bytes]:
@@ -473,3 +490,25 @@ async def test_a_publish_it_cannot_decode_is_handed_over_refused_and_the_link_st
     finally:
         await r.stop()
         server.close()
+
+
+async def test_a_kiosk_cannot_take_the_replicas_share(
+    broker: mosquitto.Broker, receivers: list[Receiver]
+) -> None:
+    """Issue 13: a terminal that joins a shared group gets its share of the messages, which its
+    ACL then refuses to deliver: they vanish. With the replicas' group named from the server's
+    secret (Settings.ingest_share_group), a kiosk guessing `fleet` joins a group of its own."""
+    group = Settings(dev_mode=True, broker_admin_password="s3cret-" * 5).ingest_share_group
+    assert group.startswith("fleet-") and len(group) == 22
+    r = await started(receivers, config(broker, shared=True, group=group))
+    thief = await asyncio.to_thread(
+        subscribe_as, broker, "T-0003", ["$share/fleet/fleet/v1/t/+/status", "$share/fleet/#"]
+    )
+    try:
+        items = [status("T-0001", s) for s in range(100)]
+        await asyncio.to_thread(publish, broker, "T-0001", items)
+        got = await collect(r, 100, 5.0)
+        assert sorted(m.payload for m in got) == sorted(p for _, p in items)
+    finally:
+        thief.disconnect()
+        thief.loop_stop()

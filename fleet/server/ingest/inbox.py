@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from tortoise.connection import get_connection
 from tortoise.transactions import in_transaction
@@ -74,10 +74,14 @@ async def file_batch(msgs: Sequence[Received]) -> None:
 class Relay:
     """Moves what `source` (this replica's receiver) takes into the inbox."""
 
-    def __init__(self, retry: StorageRetry, batch_size: int) -> None:
+    def __init__(
+        self, retry: StorageRetry, batch_size: int, relayed: Callable[[int], None] | None = None
+    ) -> None:
+        """`relayed(n)` is told of each batch filed (a metric)."""
         self.retry = retry
         self.batch_size = batch_size
         self.relayed = 0
+        self._count = relayed
 
     async def run(self, source: MessageSource, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -97,6 +101,8 @@ class Relay:
                 return
             source.ack_many(msgs)
             self.relayed += len(msgs)
+            if self._count is not None:
+                self._count(len(msgs))
 
     async def _file(self, msgs: list[Received], stop: asyncio.Event) -> bool:
         """File `msgs`, however long it takes; False when a stop came first. The rows are
