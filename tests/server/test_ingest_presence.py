@@ -195,9 +195,31 @@ def test_a_server_start_waits_for_the_link_then_gives_the_grace() -> None:
     assert p.tick(1291) == [Transition(A, False, "timeout", 1291)]
 
 
-def test_a_last_will_during_the_grace_is_offline_at_once() -> None:
+def test_a_last_will_during_the_grace_waits_for_the_grace() -> None:
+    """A broker that stops publishes every connected client's Will: heard during the grace, a
+    Will counts only if the terminal stays silent until the grace ends (timeout: 90 s)."""
     p = tracker()
     on(p, 0, ts=0)
     p.link_lost(10)
     p.link_back(20)
-    assert off(p, 21, ts=0) == [Transition(A, False, "will", 21)]
+    assert off(p, 21, ts=0) == []
+    assert p.tick(110) == []
+    assert p.tick(111) == [Transition(A, False, "will", 111)]
+    # Heard after its Will: the Will was the broker's, not the kiosk's.
+    q = tracker()
+    on(q, 0, ts=0)
+    q.link_lost(10)
+    q.link_back(20)
+    assert off(q, 21, ts=0) == []
+    assert q.alive(A, 23) == []
+    assert q.tick(111) == [] and q.is_online(A)
+    # Outside the grace a Will counts at once, as before.
+    assert off(q, 200, ts=0) == [Transition(A, False, "will", 200)]
+    # While the link is down, a Will waits as well (the grace starts when it is back).
+    r = tracker()
+    on(r, 0, ts=0)
+    r.link_lost(10)
+    assert off(r, 11, ts=0) == []
+    assert r.tick(500) == []
+    r.link_back(600)
+    assert r.tick(691) == [Transition(A, False, "will", 691)]

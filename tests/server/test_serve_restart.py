@@ -298,3 +298,28 @@ def test_after_a_broker_outage_nobody_is_offline_before_the_grace() -> None:
                 silent.close()
     finally:
         broker.close()
+
+
+def test_a_clean_restart_raises_no_offline_alerts(server: Server) -> None:
+    """SIGTERM stops the server and its broker: Mosquitto then publishes every connected
+    terminal's Last Will (retained "offline"), and the server, started again, reads them from
+    its session. Terminals that reconnect and report at once must not be called offline."""
+    s = server
+    ids = ["C-1", "C-2", "C-3"]
+    kiosks = _kiosks(s, ids)
+    try:
+        wait_until(
+            lambda: all((d := s.get(f"/api/v1/terminals/{t}"))["online"] and d["last_seq"]
+                        for t in ids),
+            10, "the terminals online in the API",
+        )  # fmt: skip
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(15) == 0
+        s.proc = launch(s.data, s.env, s.url)
+        wait_until(lambda: all(k.connects == 2 for k in kiosks), 10, "the terminals back")
+        seen = _watch_online(s, ids, OFFLINE_AFTER_S + 2)
+        assert _offline_alerts(s) == [], "offline alerts after a clean restart"
+        assert seen == set(), f"shown offline after a clean restart: {sorted(seen)}"
+    finally:
+        for k in kiosks:
+            k.close()

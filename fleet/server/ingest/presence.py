@@ -36,8 +36,12 @@ timeout from the restore time, so queued messages can drain before anyone is cal
 The server's own link to the broker (issue 13): while it is down (`link_lost`: the server starting,
 the broker restarting or unreachable) the server hears nobody, so silence says nothing and nobody
 is timed out; when it is back (`link_back`) every terminal gets a full timeout from then to report
-(terminals reconnect with their own backoff). Only timeouts wait: an `online:false` presence (a
-Last Will, a goodbye) is an offline the terminal or the broker reported, and counts at once.
+(terminals reconnect with their own backoff). A goodbye (`clean`) counts at once. A Last Will
+heard meanwhile waits too: a broker that stops (or restarts) publishes the Will of every client
+connected to it, alive or not, and the server reads them from its session when it is back --
+every kiosk called offline for a restart (measured: all of them, with an alert each). Such a Will
+is held until the grace ends and then counts (reason `will`) only if the terminal has not been
+heard since.
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ class Transition:
 
 
 class _State:
-    __slots__ = ("last_alive", "last_down", "online", "online_ts", "reason", "up_since")
+    __slots__ = ("last_alive", "last_down", "online", "online_ts", "reason", "up_since", "will_at")
 
     def __init__(self) -> None:
         self.online: bool | None = None  # what was last reported
@@ -71,6 +75,8 @@ class _State:
         #: First alive signal since the latest down signal; None while the link is down.
         self.up_since: float | None = None
         self.online_ts: datetime | None = None  # agent ts of the latest online:true
+        #: When a Will heard during the link's grace arrived (held until the grace ends).
+        self.will_at: float | None = None
 
 
 class PresenceTracker:
@@ -159,6 +165,9 @@ class PresenceTracker:
             why = "clean"
         else:
             why = "will"
+        if why == "will" and self._in_grace(terminal, now):
+            s.will_at = now
+            return []
         return self._down(terminal, s, now, why)
 
     def alive(self, terminal: str, now: float) -> list[Transition]:
@@ -178,6 +187,7 @@ class PresenceTracker:
 
     def _alive(self, terminal: str, s: _State, now: float) -> list[Transition]:
         s.last_alive = now
+        s.will_at = None  # heard after its Will: that Will was the broker's, not the kiosk's
         if s.up_since is None:
             s.up_since = now
         if s.online is None or (s.online is False and self._hold_over(s, now)):
@@ -191,7 +201,13 @@ class PresenceTracker:
             return []  # already offline: keep the first reason, do not flap
         return [self._report(terminal, s, False, why, now)]
 
+    def _in_grace(self, terminal: str, now: float) -> bool:
+        return self._link_down_at is not None or now - self._link_up_at <= self.timeout_s(terminal)
+
     def _check(self, terminal: str, s: _State, now: float) -> list[Transition]:
+        if s.will_at is not None and not self._in_grace(terminal, now):
+            s.will_at = None
+            return self._down(terminal, s, now, "will")
         if s.up_since is not None and s.last_alive is not None:
             heard = max(s.last_alive, self._link_up_at)
             if self._link_down_at is None and now - heard > self.timeout_s(terminal):
