@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from fleet.server.db.cluster_lock import ClusterLock
 from fleet.server.db.retry import StorageRetry
 from fleet.server.events_bridge import EventsBridge, asyncpg_dsn
 from fleet.server.events_bus import EventBus
@@ -185,3 +186,29 @@ async def test_every_replica_sees_every_event(db: str) -> None:
     finally:
         stop.set()
         await asyncio.gather(*tasks)
+
+
+async def test_the_rollout_lock_holds_across_replicas(db: str) -> None:
+    """Two engines' locks (two replicas) on one key: one block at a time; a lock whose
+    connection died is taken again on a new one."""
+    a, b = ClusterLock(4242, asyncpg_dsn(db)), ClusterLock(4242, asyncpg_dsn(db))
+    order: list[str] = []
+
+    async def work(lock: ClusterLock, name: str, hold_s: float) -> None:
+        async with lock:
+            order.append(f"{name}+")
+            await asyncio.sleep(hold_s)
+            order.append(f"{name}-")
+
+    first = asyncio.create_task(work(a, "a", 0.5))
+    await asyncio.sleep(0.1)
+    await work(b, "b", 0)
+    await first
+    assert order == ["a+", "a-", "b+", "b-"]
+    assert a._conn is not None
+    a._conn.terminate()  # its connection gone (a database restart)
+    await work(a, "a", 0)
+    await work(b, "b", 0)
+    assert order[-4:] == ["a+", "a-", "b+", "b-"]
+    await a.close()
+    await b.close()

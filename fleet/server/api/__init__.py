@@ -69,6 +69,7 @@ def create_app(
             if manage_db:
                 await init_db(settings.database_url)
                 stack.push_async_callback(close_db)
+            stack.push_async_callback(ctx.rollouts.close)
             for hook in hooks:
                 await stack.enter_async_context(hook(ctx))
             yield

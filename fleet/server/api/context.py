@@ -12,13 +12,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from fleet.server.alerts import AlertEngine
+from fleet.server.db.cluster_lock import ClusterLock
 from fleet.server.desired.service import DesiredService
+from fleet.server.events_bridge import asyncpg_dsn
 from fleet.server.events_bus import EventBus
 from fleet.server.forecast import ServiceHours
 from fleet.server.licences.keys import Issuer
 from fleet.server.licences.service import TrustStoreCache
 from fleet.server.metrics import FleetMetrics
-from fleet.server.rollouts.engine import RolloutEngine
+from fleet.server.rollouts.engine import ROLLOUT_LOCK_KEY, RolloutEngine
 from fleet.server.settings import Settings
 
 
@@ -56,6 +58,10 @@ class AppContext:
             metrics=self.metrics,
             clock=lambda: self.clock(),
             hours=self.service_hours,
+            lock=ClusterLock(
+                ROLLOUT_LOCK_KEY,
+                asyncpg_dsn(self.settings.database_url) if self.settings.replicated else None,
+            ),
         )
 
     @property

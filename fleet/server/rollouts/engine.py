@@ -48,6 +48,7 @@ from typing import Any
 
 from tortoise.transactions import in_transaction
 
+from fleet.server.db.cluster_lock import ClusterLock
 from fleet.server.db.models import (
     ACTIVE_ROLLOUT_STATES,
     FailureAction,
@@ -118,8 +119,12 @@ class RolloutSpec:
 DesiredSource = Callable[[], DesiredService | None]
 
 
+#: The advisory lock of rollout changes across replicas ("rollout" in ASCII).
+ROLLOUT_LOCK_KEY = 0x726F6C6C6F7574
+
+
 class RolloutEngine:
-    """The one writer of rollout state in a server process (all changes under one lock)."""
+    """The one writer of rollout state (all changes under one lock, across replicas too)."""
 
     def __init__(
         self,
@@ -129,15 +134,21 @@ class RolloutEngine:
         metrics: FleetMetrics | None = None,
         clock: Callable[[], datetime] = utc_now,
         hours: ServiceHours | None = None,
+        lock: ClusterLock | None = None,
     ) -> None:
+        """`lock`: with replicas, one that holds across them (db/cluster_lock.py)."""
         self.desired = desired
         self.bus = bus
         self.metrics = metrics
         self.clock = clock
         self.hours = hours or ServiceHours()
-        self._lock = asyncio.Lock()
+        self._lock = lock or ClusterLock(ROLLOUT_LOCK_KEY)
         #: Per active rollout, whether its window was open at the last tick (see `tick`).
         self._window_was_open: dict[int, bool] = {}
+
+    async def close(self) -> None:
+        """Let go of the lock's own connection (replicas)."""
+        await self._lock.close()
 
     def window_open(self, window: dict[str, Any] | None, override: bool) -> bool:
         return override or in_window(self.clock(), window, self.hours)
