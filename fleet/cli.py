@@ -44,6 +44,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "terminals": Command("fleet.terminals_cli", "server", "provision kiosk terminals"),
     "serve": Command("fleet.serve_cli", "server", "run the fleet server"),
+    "replicas": Command("fleet.replicas_cli", "server", "retire a server replica for good"),
     "demo-fleet": Command(
         "fleet.demo_fleet",
         "server",

@@ -283,3 +283,64 @@ def test_two_replicas_lose_and_duplicate_nothing_across_faults(pg: postgres.Post
             r.close()
         broker.close()
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_a_retired_replica_takes_nothing_with_it(pg: postgres.Postgres) -> None:
+    """A replica stopped for good: the broker goes on queuing its share for its session. `fleet
+    replicas retire` hands that share to the inbox and ends the session, so every report is
+    stored and the ones published after are all handled by the replica that is left."""
+    url = pg.new_database()
+    database = url.rsplit("/", 1)[1]
+    broker = mosquitto.Broker(users={"fleet-server": PASSWORD}, persistence=True).start()
+    shared = Path(tempfile.mkdtemp(prefix="fleet-keys-"))
+    a = Replica("r1", shared, url, broker.url)
+    b = Replica("r2", shared, url, broker.url)
+    pub: Publisher | None = None
+    try:
+        a.start()
+        b.start()
+        pub = Publisher(broker.port, "fleet-server", PASSWORD, terminals=TERMINALS, rate=100)
+        pub.start()
+        time.sleep(2)
+        b.signal(signal.SIGTERM)  # stopped for good
+        time.sleep(3)  # a share of these is queued for r2's session
+        queued_before = pub.next
+        out = b.fleet("replicas", "retire")
+        moved = int(out.split(":")[1].split()[0])
+        assert moved > 20, out  # ~half of 3 s at 100/s, and what was in flight at the stop
+        time.sleep(3)  # after the retirement: all of these go to r1
+        acked = pub.finish()
+        pub = None
+        assert len(acked) >= pub_count(queued_before)
+        wait_until(lambda: acked <= set(stored(pg, database)), 30, "every report stored")
+        rows = stored(pg, database)
+        assert len(rows) == len(set(rows))
+        sessions = broker_sessions(broker)
+        assert "fleet-server.ingest.r1" in sessions  # the file does name sessions...
+        assert "fleet-server.ingest.r2" not in sessions  # ...and r2's is gone
+        print(f"retired r2: {moved} queued messages moved; {len(acked)} reports, all stored once")
+    except AssertionError:
+        for r in (a, b):
+            print(f"--- {r.name}\n" + (r.data / "serve.log").read_text(errors="replace")[-3000:])
+        raise
+    finally:
+        if pub is not None:
+            pub.finish()
+        for r in (a, b):
+            r.close()
+        broker.close()
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def pub_count(n: int) -> int:
+    return n * 9 // 10  # the broker acknowledged nearly all that were sent (QoS 1 in flight)
+
+
+def broker_sessions(broker: mosquitto.Broker) -> str:
+    """The client ids in the broker's saved state (persistence): a session that ended is gone."""
+    assert broker.proc is not None
+    broker.stop()  # saves its state
+    db = broker.dir / "mosquitto.db"
+    text = db.read_bytes().decode("latin-1") if db.exists() else ""
+    broker.start()
+    return text

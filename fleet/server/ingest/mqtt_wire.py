@@ -24,6 +24,8 @@ PUBLISH: Final = 3
 PUBACK: Final = 4
 SUBSCRIBE: Final = 8
 SUBACK: Final = 9
+UNSUBSCRIBE: Final = 10
+UNSUBACK: Final = 11
 PINGREQ: Final = 12
 PINGRESP: Final = 13
 DISCONNECT: Final = 14
@@ -45,6 +47,8 @@ MAX_PACKET: Final = 2 * 1024 * 1024
 
 PINGREQ_PACKET: Final = b"\xc0\x00"
 DISCONNECT_NORMAL: Final = b"\xe0\x00"
+#: DISCONNECT, reason Normal, with Session Expiry Interval 0: the broker discards the session.
+DISCONNECT_END_SESSION: Final = b"\xe0\x07\x00\x05\x11\x00\x00\x00\x00"
 
 # Bytes each property's value takes, for skipping over them; -1 = varint, -2 = u16-length data,
 # -3 = string pair. Identifiers not listed are a protocol error.
@@ -152,6 +156,11 @@ def subscribe(packet_id: int, filters: list[str], qos: int = 1, retain_handling:
     options = bytes([qos | (retain_handling << 4)])
     body = struct.pack("!H", packet_id) + b"\x00" + b"".join(_string(f) + options for f in filters)
     return _packet((SUBSCRIBE << 4) | 0x02, body)
+
+
+def unsubscribe(packet_id: int, filters: list[str]) -> bytes:
+    body = struct.pack("!H", packet_id) + b"\x00" + b"".join(_string(f) for f in filters)
+    return _packet((UNSUBSCRIBE << 4) | 0x02, body)
 
 
 def puback(packet_id: int) -> bytes:
@@ -289,7 +298,7 @@ class Decoder:
                     out.append(parse_publish(first & 0x0F, body))
                 except ProtocolError as e:
                     out.append(_bad_publish(first & 0x0F, body, str(e)))
-            elif kind in (CONNACK, SUBACK, PINGRESP, DISCONNECT, PUBACK):
+            elif kind in (CONNACK, SUBACK, UNSUBACK, PINGRESP, DISCONNECT, PUBACK):
                 out.append(Packet(kind, first & 0x0F, body))
             else:
                 raise ProtocolError(f"unexpected packet type {kind} from the broker")

@@ -183,6 +183,7 @@ class Receiver:
         self._closing = False
         #: The number of the connection whose SUBACK came (a connection that got that far).
         self._subscribed_on = 0
+        self._unsubscribed = asyncio.Event()
         #: Counters, for metrics and tests.
         self.connects = 0
         self.acks_skipped = 0
@@ -199,12 +200,23 @@ class Receiver:
     def connected(self) -> bool:
         return self._live
 
-    async def stop(self) -> None:
-        """Disconnect normally: the session (and anything unacknowledged) stays on the broker."""
+    async def leave(self, timeout: float = 10.0) -> None:
+        """Unsubscribe: the broker routes nothing new to this session, and still delivers what it
+        had queued for it (retiring a replica: ingest/retire.py)."""
+        link = self._link
+        if link is None or not self._live:
+            raise ConnectionError("not connected to the broker")
+        self._unsubscribed.clear()
+        link.write(wire.unsubscribe(2, subscriptions(self.config.shared, self.config.group)))
+        await asyncio.wait_for(self._unsubscribed.wait(), timeout)
+
+    async def stop(self, end_session: bool = False) -> None:
+        """Disconnect normally: the session (and anything unacknowledged) stays on the broker,
+        unless `end_session` (then the broker discards it: only once nothing is left in it)."""
         self._closing = True
         link = self._link
         if link is not None and link.transport is not None:
-            link.write(wire.DISCONNECT_NORMAL)
+            link.write(wire.DISCONNECT_END_SESSION if end_session else wire.DISCONNECT_NORMAL)
             link.transport.close()  # after the buffered DISCONNECT is written
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(link.closed), 2)
@@ -355,6 +367,8 @@ class Receiver:
             self._subscribed_on = link.number
             self._connected.set()
             self._set_linked(True)
+        elif p.type == wire.UNSUBACK:
+            self._unsubscribed.set()
         elif p.type == wire.DISCONNECT:
             reason = p.body[0] if p.body else 0
             log.warning("broker disconnected the ingest (reason 0x%02x)", reason)
