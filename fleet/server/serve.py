@@ -152,8 +152,11 @@ async def _handling(
     models: Mapping[str, HardwareModel] | None,
     source: MessageSource,
     watch: LinkWatch,
+    lease: Leadership | None = None,
 ) -> AsyncIterator[Pipeline]:
-    """The pipeline on `source`, its timers, the history retention and the forecast job."""
+    """The pipeline on `source`, its timers, the history retention and the forecast job; with
+    replicas, each acts only while `lease` is held (a replica that stalled past its lease must
+    not go on as if it held it, even for the moment before its term is ended)."""
     settings = ctx.settings
     pipeline = Pipeline(
         settings,
@@ -161,6 +164,7 @@ async def _handling(
         metrics=ctx.metrics,
         models=models,
         update_events=ctx.rollouts.on_update_events,
+        active=(lambda: lease.held) if lease is not None else (lambda: True),
     )
     await pipeline.restore()
     # Nobody is timed out before the ingest hears the terminals (and then a full timeout).
@@ -251,7 +255,7 @@ def replica_hooks(
         stop = asyncio.Event()
         source = InboxSource(StorageRetry(stop, ctx.metrics.ingest_storage_retries))
         try:
-            async with _handling(ctx, models, source, watch) as pipeline:
+            async with _handling(ctx, models, source, watch, leadership) as pipeline:
                 handler.append(pipeline)
                 try:
                     yield

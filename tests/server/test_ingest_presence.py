@@ -223,3 +223,12 @@ def test_a_last_will_during_the_grace_waits_for_the_grace() -> None:
     assert r.tick(500) == []
     r.link_back(600)
     assert r.tick(691) == [Transition(A, False, "will", 691)]
+
+
+def test_a_grace_after_a_stall() -> None:
+    """`grace(now)`: every terminal has a full timeout from `now`, whatever the link's state."""
+    p = tracker()
+    on(p, 0, ts=0)
+    p.grace(100)
+    assert p.tick(190) == []
+    assert p.tick(191) == [Transition(A, False, "timeout", 191)]

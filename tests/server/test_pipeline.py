@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import pytest
 
 from fleet.server.alerts import AlertEngine
 from fleet.server.alerts.rules import CLEAN_OFFLINE_GRACE_S
@@ -23,7 +26,8 @@ from fleet.server.db.models import (
 )
 from fleet.server.events_bus import EventBus
 from fleet.server.ingest import gaps
-from fleet.server.ingest.pipeline import Pipeline
+from fleet.server.ingest import pipeline as pipeline_module
+from fleet.server.ingest.pipeline import NotActive, Pipeline
 from fleet.server.ingest.presence import PresenceTracker
 from fleet.server.ingest.receiver import Received
 from fleet.server.ingest.retention import apply_retention
@@ -507,3 +511,72 @@ async def test_run_acks_after_storing_and_survives_a_bug(db: str, monkeypatch: A
     dead = await DeadLetter.all().values_list("reason", flat=True)
     assert [r.split(":")[0] for r in dead] == ["internal_error"]
     assert p.counts["error"] == 1
+
+
+async def test_a_pipeline_that_is_not_active_does_nothing(db: str) -> None:
+    """Replicas: a pipeline acts only while its replica holds the lease. Past it (a stall, a
+    lost lease) a batch is refused unacknowledged and the timers are still."""
+    await seed("T1")
+    p = await make_pipeline(db)
+    p.active = lambda: False
+    with pytest.raises(NotActive):
+        await p.handle([msg("T1", "status", status(1))])
+    assert await StatusSample.filter(terminal_id="T1").count() == 0
+    await p.tick(T0 + 10_000)  # far past every timeout
+    assert (await Terminal.get(id="T1")).presence_changed_at is None
+
+    class Once:
+        """A source with one batch; records acknowledgements."""
+
+        def __init__(self) -> None:
+            self.batches = [[msg("T1", "status", status(1))]]
+            self.acked = 0
+
+        async def batch(self, max_items: int = 500, linger_s: float = 0.0) -> list[Received]:
+            if self.batches:
+                return self.batches[0]  # the same rows again until acknowledged (the inbox)
+            await asyncio.sleep(3600)
+            return []
+
+        def ack_many(self, msgs: list[Received]) -> int:
+            self.acked += len(msgs)
+            self.batches.clear()
+            return len(msgs)
+
+    source = Once()
+    run = asyncio.create_task(p.run(source))
+    await asyncio.sleep(0.5)
+    assert source.acked == 0 and not run.done()  # waits, holds, does not end
+    p.active = lambda: True  # the lease renewed late after all
+    for _ in range(100):
+        if source.acked:
+            break
+        await asyncio.sleep(0.05)
+    assert source.acked == 1
+    assert await StatusSample.filter(terminal_id="T1").count() == 1
+    p.stop()
+    await run
+
+
+async def test_a_stalled_process_gives_everyone_a_grace(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that did not run for a while (a stall) heard nobody: its timers must not call
+    the terminals offline the moment it runs again."""
+    monkeypatch.setattr(pipeline_module, "STALL_S", 0.3)
+    await seed("T1")
+    clock = [T0]
+    p = await make_pipeline(db)
+    p.clock = lambda: clock[0]
+    await p.handle([msg("T1", "status", status(1), at=T0)])
+    ticks = asyncio.create_task(p.run_ticks(0.05))
+    await asyncio.sleep(0.1)
+    time.sleep(0.5)  # the event loop stalls: nothing runs
+    clock[0] = T0 + 100  # past the 90 s timeout when it runs again
+    await asyncio.sleep(0.2)
+    assert p.presence.is_online("T1"), "timed out right after a stall"
+    clock[0] = T0 + 100 + 91  # a full timeout after the stall: now it counts
+    await asyncio.sleep(0.2)
+    assert p.presence.is_online("T1") is False
+    p.stop()
+    await ticks

@@ -111,8 +111,14 @@ log = logging.getLogger(__name__)
 
 #: Status reports decide these; presence decides terminal_offline (see fleet.server.alerts).
 _STATUS_SCOPE = STATUS_RULES | {"terminal_offline"}
+#: A gap between two timer runs this long means the process was not running (see run_ticks).
+STALL_S = 5.0
 
 T = TypeVar("T")
+
+
+class NotActive(Exception):
+    """This pipeline may not act now (replicas: the lease is not held)."""
 
 
 class MessageSource(Protocol):
@@ -165,9 +171,11 @@ class Pipeline:
         clock: Callable[[], float] = time.time,
         models: Mapping[str, HardwareModel] | None = None,
         update_events: Callable[[Sequence[UpdateEvent]], Awaitable[None]] | None = None,
+        active: Callable[[], bool] = lambda: True,
     ) -> None:
         """`models`: the hardware models (firmware_configs/) whose thresholds the alerts use;
-        `update_events`: where agent update events go (the rollout engine)."""
+        `update_events`: where agent update events go (the rollout engine); `active`: may this
+        pipeline act now (with replicas: does this replica still hold the lease)."""
         self.settings = settings
         self.bus = bus
         self.metrics = metrics
@@ -181,6 +189,7 @@ class Pipeline:
         self._model_thresholds = ThresholdsByModel(models or {}, self.thresholds)
         self.clock = clock
         self.update_events = update_events
+        self.active = active
         self._max_age_s = settings.history_retention_days * 86400.0
         # A terminal may restart its sequence on every report: its lines are bounded.
         self._reset_log = LogThrottle(log)
@@ -245,6 +254,12 @@ class Pipeline:
             try:
                 try:
                     await self.handle(msgs)
+                except NotActive:
+                    # Not ours to handle now (the lease is being renewed late, or is lost and the
+                    # term about to end): unacknowledged, they come again, here or elsewhere.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), 0.2)
+                    continue
                 except StorageUnavailable:
                     raise
                 except Exception:
@@ -300,7 +315,16 @@ class Pipeline:
             self.presence.link_lost(now)
 
     async def run_ticks(self, interval_s: float = 1.0) -> None:
+        last = time.monotonic()
         while not self._stop.is_set():
+            now = time.monotonic()
+            if now - last > STALL_S:
+                # The process did not run (a stall, a suspended VM): it heard nobody meanwhile,
+                # and what the terminals sent is still queued. As after a lost link, everyone
+                # gets a full timeout to be heard before the timers call them offline.
+                log.warning("the ingest did not run for %.0f s: presence timeouts wait", now - last)
+                self.presence.grace(self.clock())
+            last = now
             try:
                 await self.tick()
             except Exception:  # a failed tick is retried next second; the ingest goes on
@@ -311,8 +335,11 @@ class Pipeline:
     # -- one batch ----------------------------------------------------------------------------
 
     async def handle(self, msgs: Sequence[Received]) -> None:
-        """Validate, dedupe and store one batch; never raises for a message's content."""
+        """Validate, dedupe and store one batch; never raises for a message's content. Raises
+        `NotActive` (nothing done) when not `active`."""
         async with self._lock:
+            if not self.active():
+                raise NotActive
             await self._handle(msgs)
 
     def _over_rate(self, msgs: Sequence[Received]) -> tuple[list[Received], Counter[str]]:
@@ -676,7 +703,8 @@ class Pipeline:
         """Let another alert source (the forecast job) update the engine with `feed`, and persist
         and publish its transitions as the ingest's own, under the ingest's lock."""
         async with self._lock:
-            await self._persist_alerts(feed(self.engine))
+            if self.active():
+                await self._persist_alerts(feed(self.engine))
 
     async def _persist_alerts(self, transitions: list[AlertTransition]) -> None:
         for t in transitions:
@@ -699,6 +727,8 @@ class Pipeline:
     async def tick(self, now: float | None = None) -> None:
         """Run the presence and alert timers to `now` (default: the clock)."""
         async with self._lock:
+            if not self.active():
+                return  # another replica's timers run now
             t = self.clock() if now is None else now
             alerts: list[AlertTransition] = []
             for tr in self.presence.tick(t):

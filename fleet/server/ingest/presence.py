@@ -141,6 +141,11 @@ class PresenceTracker:
         self._link_down_at = None
         self._link_up_at = now
 
+    def grace(self, now: float) -> None:
+        """The server heard nobody for a while (its process stalled): each terminal gets a full
+        timeout from `now`, as after `link_back`, whatever the link's state."""
+        self._link_up_at = max(self._link_up_at, now)
+
     # -- signals ---------------------------------------------------------------------------
 
     def presence(
