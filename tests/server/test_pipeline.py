@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 
 from fleet.server.alerts import AlertEngine
-from fleet.server.alerts.rules import CLEAN_OFFLINE_GRACE_S
+from fleet.server.alerts.rules import CLEAN_OFFLINE_GRACE_S, WILL_OFFLINE_GRACE_S
 from fleet.server.db.models import (
     Alert,
     DeadLetter,
+    DesiredDoc,
     SeqGap,
     Site,
     SiteKind,
@@ -379,7 +380,7 @@ async def test_unknown_terminal_is_auto_registered(db: str) -> None:
     assert t.site_id == "unassigned" and t.last_seq == 1
 
 
-async def test_paper_out_opens_one_alert_and_clears_after_hold_down(db: str) -> None:
+async def test_paper_out_opens_one_alert_and_clears_on_the_refill(db: str) -> None:
     await seed("T1")
     p = await make_pipeline(db)
     out = status(1, paper=0, reasons=["media-empty"])
@@ -388,11 +389,8 @@ async def test_paper_out_opens_one_alert_and_clears_after_hold_down(db: str) -> 
     active = await Alert.filter(terminal_id="T1", active_key=1).values_list("rule", flat=True)
     assert active == ["paper_out"]
     await p.handle([msg("T1", "status", status(3, paper=100), T0 + 10)])  # refilled
-    await p.tick(T0 + 30)
-    assert await Alert.filter(rule="paper_out", active_key=1).count() == 1  # holding down
-    await p.tick(T0 + 71)
-    alert = await Alert.get(rule="paper_out")
-    assert alert.active_key is None and alert.cleared_at is not None
+    alert = await Alert.get(rule="paper_out")  # cleared by that report, not a minute later
+    assert alert.active_key is None and alert.cleared_at == datetime.fromtimestamp(T0 + 10, UTC)
 
 
 async def test_one_active_alert_per_terminal_and_rule_under_concurrency(db: str) -> None:
@@ -580,3 +578,58 @@ async def test_a_stalled_process_gives_everyone_a_grace(
     assert p.presence.is_online("T1") is False
     p.stop()
     await ticks
+
+
+async def test_issue_20_presence_and_alerts_follow_the_terminals_own_evidence(db: str) -> None:
+    """A report is proof of life (online at once after a Will); a Will is alerted only if the
+    terminal stays away past its grace; a cleared alert keeps its severity on the stream."""
+    await seed("T1", "T2")
+    bus = EventBus()
+    sub = bus.subscribe()
+    p = await make_pipeline(db, bus=bus, presence=PresenceTracker(status_interval_s=30))
+    await p.handle([msg(t, "status", status(1)) for t in ("T1", "T2")])
+    # Both killed: their Wills. T1 is restarted (by systemd) and reports 6 s later; T2 is not.
+    await p.handle(
+        [msg(t, "presence", presence(False, reason="will"), T0 + 2) for t in ("T1", "T2")]
+    )
+    assert not (await Terminal.get(id="T1")).online
+    await p.handle([msg("T1", "status", status(2), T0 + 8)])
+    assert (await Terminal.get(id="T1")).online  # at once: no hold before showing it online
+    await p.tick(T0 + 2 + WILL_OFFLINE_GRACE_S - 1)
+    assert await Alert.filter(rule="terminal_offline").count() == 0
+    await p.tick(T0 + 2 + WILL_OFFLINE_GRACE_S)
+    offline = await Alert.filter(rule="terminal_offline").values_list("terminal_id", flat=True)
+    assert offline == ["T2"]  # the one that did not come back
+    # T2 comes back: its alert clears on that report, and the event says how severe it was.
+    await p.handle([msg("T2", "status", status(2), T0 + 40)])
+    alert = await Alert.get(rule="terminal_offline")
+    assert alert.active_key is None and alert.cleared_at == datetime.fromtimestamp(T0 + 40, UTC)
+    events = []
+    while (event := await sub.get(timeout=0)) is not None:
+        if event.kind == "alert":
+            events.append(event.data)
+    assert [(e["transition"], e["severity"]) for e in events] == [
+        ("opened", "critical"),
+        ("cleared", "critical"),
+    ]
+
+
+async def test_issue_20_the_offline_timeout_follows_the_applied_interval(db: str) -> None:
+    """A terminal told to report every 5 s (its applied document) is timed out after 3 x 5 s,
+    not after 3 x the server's 30 s; also after a restart (restore)."""
+    await seed("T1", "T2")
+    payload = json.dumps({"config": {"status_interval_s": 5}})
+    await DesiredDoc.create(terminal_id="T1", version=1, hash="sha256:" + "0" * 64,
+                            payload=payload, envelope="", created_at=datetime.now(UTC))  # fmt: skip
+    p = await make_pipeline(db, presence=PresenceTracker(status_interval_s=30))
+    applied = {"v": 1, "ts": "2026-11-25T06:00:05Z", "result": "ok", "error": None,
+               "version": 1, "hash": "sha256:" + "0" * 64,
+               "applied": {"version": 1, "hash": "sha256:" + "0" * 64}}  # fmt: skip
+    await p.handle([msg(t, "status", status(1)) for t in ("T1", "T2")])
+    await p.handle([msg("T1", "reported", json.dumps(applied).encode())])
+    await p.tick(T0 + 16)
+    assert not (await Terminal.get(id="T1")).online
+    assert (await Terminal.get(id="T1")).presence_reason == "timeout"
+    assert (await Terminal.get(id="T2")).online  # the server's 30 s: 90 s
+    again = await make_pipeline(db, presence=PresenceTracker(status_interval_s=30))
+    assert again.presence.timeout_s("T1") == 15 and again.presence.timeout_s("T2") == 90

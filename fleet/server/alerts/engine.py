@@ -3,9 +3,14 @@
     state      condition  event                                   next      transition
     idle       present    held for raise_delay_s                  active    Opened
     idle       absent     -                                       idle      -
-    active     absent     absent for hold_down_s                  idle      Cleared
+    active     absent     at once (flapping: absent for hold_down_s) idle   Cleared
     active     present    -  (an absence in progress is forgotten) active    -
     any        unknown    timers restart, state kept               same      -
+
+Clear on evidence, hold on doubt (issue 20): a report that shows the fault gone (paper refilled,
+the door closed) clears its alert at once -- a refill worker must see the kiosk go green. Only a
+condition that has flapped (opened FLAP_OPENS times within FLAP_WINDOW_S) waits its rule's
+hold-down before clearing, and its alerts say so in their detail ("flapping").
 
 Acknowledging marks an active alert without closing it: only the condition clearing closes it, and
 a condition that comes back afterwards opens a new alert. The ingest persists the transitions; the
@@ -15,11 +20,16 @@ be serialised by the caller (one ingest task per message, in order); the engine 
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from fleet.server.alerts.rules import RULES, Rule, RuleHit, Severity
+
+#: A condition that opened this many alerts within FLAP_WINDOW_S is flapping.
+FLAP_OPENS = 3
+FLAP_WINDOW_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,8 @@ class AlertEngine:
         self._timing.update(timings or {})
         #: terminal -> rule -> state; only rules alerting or pending are kept.
         self._terms: dict[str, dict[str, _State]] = {}
+        #: (terminal, rule) -> when its latest alerts opened (the last FLAP_OPENS), for flapping.
+        self._opens: dict[tuple[str, str], deque[datetime]] = {}
 
     def restore(self, alerts: Iterable[ActiveAlert]) -> None:
         """Load the DB's active alerts after a restart; unknown rules are skipped (rule retired)."""
@@ -160,6 +172,19 @@ class AlertEngine:
     def forget(self, terminal: str) -> None:
         """Drop a deregistered terminal's state (its alerts are closed by whoever removed it)."""
         self._terms.pop(terminal, None)
+        for key in [k for k in self._opens if k[0] == terminal]:
+            del self._opens[key]
+
+    def flapping(self, terminal: str, rule: str, now: datetime) -> bool:
+        """Has this condition opened FLAP_OPENS alerts within the last FLAP_WINDOW_S?"""
+        opens = self._opens.get((terminal, rule))
+        if not opens:
+            return False
+        while opens and _elapsed(opens[0], now) > FLAP_WINDOW_S:
+            opens.popleft()
+        if not opens:
+            del self._opens[(terminal, rule)]
+        return len(opens) >= FLAP_OPENS
 
     def _advance(self, terminal: str, now: datetime) -> list[Transition]:
         """Fire the timers that have run out, in rule order, and drop settled states."""
@@ -172,9 +197,16 @@ class AlertEngine:
                 if _elapsed(st.present_since, now) >= delay:
                     st.active = ActiveAlert(terminal, rid, now)
                     sev = self._rules[rid].severity
-                    out.append(Opened(terminal, rid, sev, now, st.present_since, st.detail))
+                    opens = self._opens.setdefault((terminal, rid), deque(maxlen=FLAP_OPENS))
+                    opens.append(now)
+                    detail = st.detail
+                    if self.flapping(terminal, rid, now):
+                        note = f"flapping: opened {FLAP_OPENS} times in {FLAP_WINDOW_S / 60:g} min"
+                        detail = f"{detail}; {note}" if detail else note
+                    out.append(Opened(terminal, rid, sev, now, st.present_since, detail))
             elif st.active is not None and st.absent_since is not None:
-                if _elapsed(st.absent_since, now) >= timing.hold_down_s:
+                hold = timing.hold_down_s if self.flapping(terminal, rid, now) else 0.0
+                if _elapsed(st.absent_since, now) >= hold:
                     a = st.active
                     del states[rid]
                     out.append(Cleared(terminal, rid, now, a.opened_at, a.acknowledged))

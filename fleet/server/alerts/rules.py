@@ -68,9 +68,12 @@ PRINTER_RULES = frozenset(
 #: Rules decided from the status report (everything but presence and the forecast).
 STATUS_RULES = PRINTER_RULES | {"reader_fault"}
 #: A terminal that said goodbye (presence offline, reason `clean`) is alerted only if it is not
-#: back by then: an agent restarting into a new version, or for a remote restart, is back within
-#: the presence hold (30 s); a crash or a lost link (`will`, `timeout`) is alerted at once.
+#: back by then: an agent restarting into a new version, or for a remote restart.
 CLEAN_OFFLINE_GRACE_S = 90.0
+#: A Last Will (the link dropped, or the agent was killed) is alerted if the terminal is not back
+#: by then: an agent that crashed and was restarted by systemd reconnects in seconds. A terminal
+#: that went silent without a Will (a hung agent, a cut cable) is alerted at its timeout, at once.
+WILL_OFFLINE_GRACE_S = 20.0
 
 #: What an offline terminal leaves undecided: its last report and its forecast are stale.
 STALE_WHEN_OFFLINE = STATUS_RULES | {"paper_runout_soon"}
@@ -146,11 +149,12 @@ def assess(
     th = thresholds or Thresholds()
     if not online:
         # The last report is stale: keep what we knew rather than decide on it.
-        hit = (
-            RuleHit("terminal_offline", "clean shutdown", CLEAN_OFFLINE_GRACE_S)
-            if offline_reason == "clean"
-            else RuleHit("terminal_offline", offline_reason or "")
-        )
+        if offline_reason == "clean":
+            hit = RuleHit("terminal_offline", "clean shutdown", CLEAN_OFFLINE_GRACE_S)
+        elif offline_reason == "will":
+            hit = RuleHit("terminal_offline", "will", WILL_OFFLINE_GRACE_S)
+        else:
+            hit = RuleHit("terminal_offline", offline_reason or "")
         return Assessment(frozenset({hit}), STALE_WHEN_OFFLINE)
     if not isinstance(status, Mapping):
         return Assessment(frozenset(), STATUS_RULES)

@@ -8,6 +8,8 @@ document does not drift; one that never reported does, from its latest document 
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -126,3 +128,29 @@ async def record_reported(
         await TerminalReported.create(terminal_id=terminal_id, **values)
     elif current.ts <= ts:
         await TerminalReported.filter(terminal_id=terminal_id).update(**values)
+
+
+async def applied_intervals(terminal_ids: Sequence[str] | None = None) -> dict[str, float]:
+    """terminal -> the status interval (s) of the document it last reported applying: the
+    interval it reports at, which its presence timeout must follow (issue 20)."""
+    reported = TerminalReported.filter(applied_version__isnull=False)
+    if terminal_ids is not None:
+        reported = reported.filter(terminal_id__in=list(terminal_ids))
+    pairs = await reported.values_list("terminal_id", "applied_version")
+    if not pairs:
+        return {}
+    versions = {str(t): int(v) for t, v in pairs}
+    docs = await DesiredDoc.filter(
+        terminal_id__in=list(versions), version__in=list(set(versions.values()))
+    ).values_list("terminal_id", "version", "payload")
+    out: dict[str, float] = {}
+    for tid, version, payload in docs:
+        if versions.get(str(tid)) != int(version):
+            continue
+        try:
+            interval = json.loads(payload)["config"]["status_interval_s"]
+        except (ValueError, KeyError, TypeError):
+            continue  # a document of ours is always whole; an odd one keeps the default
+        if isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0:
+            out[str(tid)] = float(interval)
+    return out

@@ -64,14 +64,22 @@ from typing import Any, Protocol, TypeVar
 
 from agent.desired.document import DocumentError, check_reported
 from fleet.firmware import HardwareModel
-from fleet.server.alerts import STATUS_RULES, ActiveAlert, AlertEngine, Cleared, Thresholds, assess
+from fleet.server.alerts import (
+    RULES,
+    STATUS_RULES,
+    ActiveAlert,
+    AlertEngine,
+    Cleared,
+    Thresholds,
+    assess,
+)
 from fleet.server.alerts import Transition as AlertTransition
 from fleet.server.alerts.rules import paper_level
 from fleet.server.alerts.thresholds import ThresholdsByModel
 from fleet.server.db.models import Alert, DeadLetter, SeqGap, Terminal, TerminalEvent
 from fleet.server.db.retry import StorageRetry, StorageUnavailable
 from fleet.server.desired import commands
-from fleet.server.desired.drift import record_reported
+from fleet.server.desired.drift import applied_intervals, record_reported
 from fleet.server.events_bus import EventBus
 from fleet.server.ingest.gaps import last_seq_ts, missing_seqs
 from fleet.server.ingest.presence import PresenceTracker
@@ -183,7 +191,7 @@ class Pipeline:
         self.presence = presence or PresenceTracker(
             status_interval_s=settings.status_interval_s,
             timeout_intervals=settings.heartbeat_intervals,
-        )
+        )  # each terminal's own interval, once it reported applying a document (restore)
         self.sequence = sequence or SequenceTracker()
         self.thresholds = Thresholds(paper_low_pct=float(settings.paper_low_pct))
         self._model_thresholds = ThresholdsByModel(models or {}, self.thresholds)
@@ -231,6 +239,8 @@ class Pipeline:
                     now=now,
                     changed_at=changed_at.timestamp() if changed_at is not None else None,
                 )
+        for tid, interval in (await applied_intervals()).items():
+            self.presence.set_interval(tid, interval)
         alerts = await Alert.filter(active_key=1).values_list(
             "terminal_id", "rule", "opened_at", "acked_at"
         )
@@ -516,6 +526,13 @@ class Pipeline:
             await self._best_effort(
                 f"storing a reported message of {tid}", partial(record_reported, tid, doc, ts, now)
             )
+        if side.reported:
+            # A newly applied document may change how often its terminal reports.
+            tids = sorted({tid for tid, _, _ in side.reported})
+            intervals = await self._retrying("reading status intervals",
+                                             partial(applied_intervals, tids))  # fmt: skip
+            for tid, interval in intervals.items():
+                self.presence.set_interval(tid, interval)
         for result, at in side.results:
             await self._best_effort(
                 f"storing the result of command {result.id}", partial(commands.record, result, at)
@@ -718,7 +735,8 @@ class Pipeline:
                     "id": alert_id,
                     "terminal": t.terminal,
                     "rule": t.rule,
-                    "severity": None if cleared else str(getattr(t, "severity", "")),
+                    # A cleared alert keeps its rule's severity: a console sorts and colours by it.
+                    "severity": str(RULES[t.rule].severity),
                     "transition": "cleared" if cleared else "opened",
                     "at": t.at.isoformat(),
                 },

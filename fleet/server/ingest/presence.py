@@ -20,15 +20,15 @@ Signals
     clock does not enter into it. Timestamps have one-second resolution: an agent stopped within
     the second it connected is recorded as `will` -- the safe side for an operator.
 
-Hysteresis (so a flaky link does not flap)
+Coming back (issue 20: a report is proof of life)
 - Going offline is reported at once, with the reason of the first down signal; further down
   signals while offline change nothing.
-- Coming back online is reported at max(first alive signal after the *latest* down signal,
-  latest down signal + `hold_s`), and only if no down signal came in between. So a link that
-  drops and comes back within `hold_s` yields one offline and, once it has stayed up for
-  `hold_s`, one online -- never a burst. A terminal first seen alive is online at once.
-- Pending online is confirmed by `tick()` when the hold ends, or at once by an alive signal
-  arriving after it; if the terminal times out meanwhile, the pending online is dropped.
+- Coming back online is reported at the first alive signal after the latest down signal: a kiosk
+  that reports is online, whatever came before. (`hold_s`, 0 by default, can delay it to
+  max(first alive signal after the latest down signal, latest down signal + `hold_s`), and only
+  if no down signal came in between; a pending online is then confirmed by `tick()`.) Alerts,
+  not presence, absorb a flapping link: a Last Will raises terminal_offline only if the terminal
+  is not back within its grace (fleet.server.alerts.rules).
 
 A server restart: `restore()` the state from the DB; a terminal restored as online is given a full
 timeout from the restore time, so queued messages can drain before anyone is called offline.
@@ -85,7 +85,7 @@ class PresenceTracker:
         *,
         status_interval_s: float = 30.0,
         timeout_intervals: float = 3.0,
-        hold_s: float = 30.0,
+        hold_s: float = 0.0,
     ) -> None:
         self.status_interval_s = status_interval_s
         self.timeout_intervals = timeout_intervals
