@@ -205,3 +205,27 @@ async def test_drift_and_publish_metrics(api: Api, pub: FakePublisher) -> None:
     assert "fleet_desired_drift_terminals 2.0" in text
     assert 'fleet_desired_drift_seconds{terminal="T1"}' in text
     assert "fleet_desired_documents_published_total 2.0" in text
+
+
+async def test_which_layer_decides(api: Api, pub: FakePublisher) -> None:
+    """Issue 20: a fleet-wide change that some terminals override says how many and by which
+    layer; a terminal's document says which layer each of its values comes from."""
+    admin = api.auth("admin")
+    r = await api.client.put("/api/v1/config/sites/S2", json={"paper": {"low_pct": 40}},
+                             headers=admin)  # fmt: skip
+    assert r.status_code == 200 and r.json()["overridden"] == {}  # the site decides for T3
+    r = await api.client.put(
+        "/api/v1/config/defaults",
+        json={"paper": {"low_pct": 25}, "kiosk": {"notice": "维护通知"}},
+        headers=admin,
+    )
+    assert r.status_code == 200, r.text
+    # Every terminal is a kx-a4-ipp, whose model file sets low_pct 15; T3's site sets 40.
+    assert r.json()["overridden"] == {"paper.low_pct": {"model file": 2, "site": 1}}
+    r = await api.client.get("/api/v1/config/terminals/T3/desired", headers=api.auth())
+    sources = r.json()["sources"]
+    assert sources["paper.low_pct"] == "site"
+    assert sources["paper.capacity"] == "model file"
+    assert sources["kiosk.notice"] == "defaults"
+    assert sources["kiosk.locale"] == "built-in"
+    assert set(sources) >= {"status_interval_s", "service_hours"}

@@ -14,7 +14,14 @@ from agent.desired.document import CONFIG_SCHEMA, DocumentError, check_config
 from agent.drivers.ipp import IppPrinter
 from agent.drivers.pcsc import PcscReader
 from fleet.firmware import HardwareModel, load_model
-from fleet.server.desired.layers import DEFAULTS, check_layer, compute, explain, merge
+from fleet.server.desired.layers import (
+    DEFAULTS,
+    check_layer,
+    compute,
+    explain,
+    layers_of,
+    merge,
+)
 from fleet.server.settings import Settings
 
 FIRMWARE = Path(__file__).resolve().parents[2] / "firmware_configs"
@@ -190,19 +197,19 @@ def test_a_bad_model_layer_is_named_model(a4: HardwareModel) -> None:
 def test_explain_names_the_layer_of_every_value(dual: HardwareModel) -> None:
     site = {"kiosk": {"notice": "x"}, "service_hours": copy.deepcopy(DEFAULTS["service_hours"])}
     terminal = {"paper": {"low_pct": None}, "kiosk": {"idle_timeout_s": 30}}
-    sources = explain(dual, site, terminal)
+    sources = explain(layers_of(dual, site, terminal, fleet_layer={"kiosk": {"notice": "all"}}))
     assert sources == {
-        "debounce_s": "model",
+        "debounce_s": "model file",
         "kiosk.idle_timeout_s": "terminal",
-        "kiosk.locale": "defaults",
-        "kiosk.notice": "site",
-        "paper.capacity": "model",
-        "poll_interval_s": "model",
-        "printer.media": "model",
-        "printer.timeout_s": "model",
-        "reader.timeout_s": "model",
+        "kiosk.locale": "built-in",
+        "kiosk.notice": "site",  # the fleet-wide value is overridden by the site's
+        "paper.capacity": "model file",
+        "poll_interval_s": "model file",
+        "printer.media": "model file",
+        "printer.timeout_s": "model file",
+        "reader.timeout_s": "model file",
         "service_hours": "site",
-        "status_interval_s": "model",
+        "status_interval_s": "model file",
     }
     assert set(sources) == leaves(compute(dual, site, terminal))
-    assert explain(None, {}, {}) == dict.fromkeys(sorted(leaves(DEFAULTS)), "defaults")
+    assert explain(layers_of(None, {}, {})) == dict.fromkeys(sorted(leaves(DEFAULTS)), "built-in")

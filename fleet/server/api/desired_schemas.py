@@ -88,6 +88,12 @@ class LayerPublic(BaseModel):
 
 class LayerChange(Results):
     layer: LayerPublic
+    overridden: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="for each value this layer sets that some of the terminals it reaches take "
+        'from a layer above it instead: how many, by that layer (e.g. {"status_interval_s": '
+        '{"model file": 3}}); empty when the layer decides for all of them',
+    )
 
 
 class DocSummary(BaseModel):
@@ -119,6 +125,11 @@ class DesiredPublic(BaseModel):
     )
     computed_error: str | None = None
     pending: bool = Field(description="the computed content differs from the latest document")
+    sources: dict[str, str] = Field(
+        default_factory=dict,
+        description="which layer each configuration value comes from, by dotted path: built-in, "
+        "defaults, model file, model, site or terminal",
+    )
     history: list[DocSummary] = Field(description="newest first")
 
 

@@ -1,6 +1,12 @@
 """The layers of a terminal's desired configuration, and their merge: pure functions.
 
-    DEFAULTS  <-  hardware model (firmware_configs/)  <-  site  <-  terminal
+    built-in DEFAULTS  <-  defaults  <-  model file (firmware_configs/)  <-  model  <-  site
+    <-  terminal
+
+(`defaults`, `model`, `site` and `terminal` are the layers an admin edits over the API; the
+built-in values and the model file are what `defaults` and `model` lie on.) `explain` names the
+layer each value of a terminal's configuration comes from, so a console can say which layer
+decides and a fleet-wide change can say which terminals override it (issue 20).
 
 Each layer is a partial configuration in the shape of `agent.desired.document.CONFIG_SCHEMA`.
 `merge` is JSON Merge Patch (RFC 7386) generalised to many layers: later layers win, sections
@@ -19,16 +25,20 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 from agent.desired.document import CONFIG_SCHEMA, DAYS, DocumentError, check_config
 
-if TYPE_CHECKING:
-    from fleet.firmware import HardwareModel
+
+class HardwareModel(Protocol):
+    """What the layers need of a hardware model (fleet.firmware.HardwareModel): its layer."""
+
+    @property
+    def desired(self) -> Mapping[str, Any]: ...
+
 
 #: Values replaced whole even though they are objects (see the module docstring).
 ATOMIC: Final = frozenset({"service_hours"})
-LAYER_NAMES: Final = ("defaults", "model", "site", "terminal")
 
 #: The fleet-wide layer: a complete configuration. The same values as the agent's built-in
 #: defaults (agent/config.py `Intervals`, the drivers' timeouts) and the server's settings
@@ -95,12 +105,19 @@ def _without_deletions(layer: Mapping[str, Any], path: str, schema: Any) -> dict
 
 
 def layers_of(
-    model: HardwareModel | None, site_layer: Mapping[str, Any], terminal_layer: Mapping[str, Any]
+    model: HardwareModel | None,
+    site_layer: Mapping[str, Any],
+    terminal_layer: Mapping[str, Any],
+    *,
+    fleet_layer: Mapping[str, Any] | None = None,
+    model_layer: Mapping[str, Any] | None = None,
 ) -> list[tuple[str, Mapping[str, Any]]]:
     """The named layers, lowest first (`model` None: a terminal of an unknown model)."""
     return [
-        ("defaults", DEFAULTS),
-        ("model", model.desired if model is not None else {}),
+        ("built-in", DEFAULTS),
+        ("defaults", fleet_layer or {}),
+        ("model file", model.desired if model is not None else {}),
+        ("model", model_layer or {}),
         ("site", site_layer),
         ("terminal", terminal_layer),
     ]
@@ -115,24 +132,33 @@ def compute(
     ("site.paper.low_pct: ...") or, for a combination that is not, the result ("config...")."""
     named = layers_of(model, site_layer, terminal_layer)
     for name, layer in named:
-        check_layer(layer, name)
+        check_layer(layer, name.split()[0])  # "model file" errors read "model.…"
     config = merge(*(layer for _, layer in named))
     check_config(config)
     return config
 
 
-def explain(
-    model: HardwareModel | None,
-    site_layer: Mapping[str, Any],
-    terminal_layer: Mapping[str, Any],
-) -> dict[str, str]:
-    """Which layer each value of `compute(...)` comes from: {"paper.low_pct": "model", ...}.
+def explain(named: list[tuple[str, Mapping[str, Any]]]) -> dict[str, str]:
+    """Which of the `named` layers (lowest first, as `layers_of` gives them) each value of
+    their merge comes from: {"paper.low_pct": "model file", ...}.
 
     Keys are dotted paths of the leaves (`service_hours` is one leaf); layers are not checked."""
     source: dict[str, str] = {}
-    for name, layer in layers_of(model, site_layer, terminal_layer):
+    for name, layer in named:
         _mark(source, layer, name, "", top=True)
     return dict(sorted(source.items()))
+
+
+def leaf_paths(layer: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The dotted paths a layer sets or deletes (`service_hours` is one leaf)."""
+    out: list[str] = []
+    for key, value in layer.items():
+        path = prefix + key
+        if isinstance(value, Mapping) and not (not prefix and key in ATOMIC):
+            out += leaf_paths(value, path + ".")
+        else:
+            out.append(path)
+    return out
 
 
 def _mark(

@@ -58,7 +58,7 @@ from fleet.server.db.models import (
     TemplateVersion,
     Terminal,
 )
-from fleet.server.desired.layers import DEFAULTS, merge
+from fleet.server.desired.layers import HardwareModel, explain, layers_of, leaf_paths, merge
 from fleet.server.mqtt_publish import PublishError
 
 log = logging.getLogger(__name__)
@@ -76,11 +76,6 @@ class MessagePublisher(Protocol):
     """What the service needs of `mqtt_publish.Publisher`."""
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None: ...
-
-
-class HardwareModelLike(Protocol):
-    @property
-    def desired(self) -> dict[str, Any]: ...
 
 
 #: terminal ids (None: all) -> {terminal id: target agent version}; absent terminals get none.
@@ -172,7 +167,7 @@ class DesiredService:
         key: rust_core.SigningKey,
         publisher: MessagePublisher | None = None,
         *,
-        models: Mapping[str, HardwareModelLike] | None = None,
+        models: Mapping[str, HardwareModel] | None = None,
         published_total: PublishCounter | None = None,
         clock: Callable[[], datetime] = utc_now,
         agent_targets: AgentTargets | None = None,
@@ -181,7 +176,7 @@ class DesiredService:
             raise ValueError(f"the config key must be EdDSA, not {key.alg}")
         self.key = key
         self.publisher = publisher
-        self.models: Mapping[str, HardwareModelLike] = models or {}
+        self.models: Mapping[str, HardwareModel] = models or {}
         self.published_total = published_total
         self.clock = clock
         #: Where the target agent version of each terminal comes from (the rollouts).
@@ -416,16 +411,48 @@ class DesiredService:
             inputs.contents = {(t, v): c for t, v, c in rows if (t, v) in wanted}
         return inputs
 
-    def _content(self, t: Terminal, inputs: _Inputs) -> dict[str, Any]:
-        model = self.models.get(t.model)
-        config = merge(
-            DEFAULTS,
-            inputs.layers.get((LayerScope.DEFAULT.value, ""), {}),
-            dict(model.desired) if model is not None else {},
-            inputs.layers.get((LayerScope.MODEL.value, t.model), {}),
+    def _stack(self, t: Terminal, inputs: _Inputs) -> list[tuple[str, Mapping[str, Any]]]:
+        """The terminal's layers, lowest first, named (layers.layers_of)."""
+        return layers_of(
+            self.models.get(t.model),
             inputs.layers.get((LayerScope.SITE.value, t.site_id), {}),
             inputs.layers.get((LayerScope.TERMINAL.value, t.id), {}),
+            fleet_layer=inputs.layers.get((LayerScope.DEFAULT.value, ""), {}),
+            model_layer=inputs.layers.get((LayerScope.MODEL.value, t.model), {}),
         )
+
+    async def sources(self, terminal: Terminal) -> dict[str, str]:
+        """Which layer each value of the terminal's configuration comes from."""
+        return explain(self._stack(terminal, await self._inputs([terminal.id])))
+
+    async def overridden(
+        self, scope: LayerScope, key: str, layer: Mapping[str, Any]
+    ) -> dict[str, dict[str, int]]:
+        """For each value `layer` sets: how many of the terminals it reaches take it from a
+        layer above it instead, by that layer ({"status_interval_s": {"model file": 3}})."""
+        paths = leaf_paths(layer)
+        ids = await affected_terminals(scope, key)
+        if not paths or not ids:
+            return {}
+        inputs = await self._inputs(ids)
+        mine = {
+            LayerScope.DEFAULT: "defaults",
+            LayerScope.MODEL: "model",
+            LayerScope.SITE: "site",
+            LayerScope.TERMINAL: "terminal",
+        }[scope]
+        out: dict[str, dict[str, int]] = {}
+        for t in await Terminal.filter(id__in=ids):
+            sources = explain(self._stack(t, inputs))
+            for path in paths:
+                decided_by = sources.get(path)
+                if decided_by is not None and decided_by != mine:
+                    by = out.setdefault(path, {})
+                    by[decided_by] = by.get(decided_by, 0) + 1
+        return out
+
+    def _content(self, t: Terminal, inputs: _Inputs) -> dict[str, Any]:
+        config = merge(*(layer for _, layer in self._stack(t, inputs)))
         check_config(config)
         pins = dict(inputs.assignments.get((AssignmentScope.SITE.value, t.site_id), {}))
         pins.update(inputs.assignments.get((AssignmentScope.TERMINAL.value, t.id), {}))

@@ -67,7 +67,11 @@ async def _write(
         raise invalid(("body", *loc_of(e.path)[1:]), str(e)) from None
     outcomes = await service(ctx).set_layer(scope, key, layer, who)
     results = Results.of(outcomes)
-    return LayerChange(layer=await _read(ctx, scope, key), **results.model_dump())
+    return LayerChange(
+        layer=await _read(ctx, scope, key),
+        overridden=await service(ctx).overridden(scope, key, layer),
+        **results.model_dump(),
+    )
 
 
 async def _exists(scope: LayerScope, key: str) -> None:
@@ -155,6 +159,7 @@ async def get_desired(
         computed = await service(ctx).compute(t)
     except DocumentError as e:
         computed_error = str(e)
+    sources = await service(ctx).sources(t)
     return DesiredPublic(
         terminal=t.id,
         version=latest.version if latest else None,
@@ -163,6 +168,7 @@ async def get_desired(
         computed=computed,
         computed_error=computed_error,
         pending=computed is not None and (latest is None or content_of(latest.payload) != computed),
+        sources=sources,
         history=[DocSummary.of(d) for d in history],
     )
 
