@@ -114,6 +114,11 @@ def test_terminal_page_chart_and_command(operator: Page, fleet: Fleet) -> None:
     page.goto("/terminals/WH-HALL-01")
     expect(page.locator("svg.chart polyline.line")).to_have_count(1)
     expect(page.locator("#terminal-alerts")).to_contain_text("打印机缺纸")
+    # Which layer decides each setting (issue 20).
+    interval = page.locator("#config-sources tr", has_text="status_interval_s")
+    expect(interval).to_have_count(1)
+    expect(interval.locator("td").nth(2)).not_to_be_empty()
+    expect(page.locator("#config-sources")).to_contain_text("内置默认")
     page.click("#cmd-print")
     expect(page.locator("#command-result")).to_contain_text("命令已发送")
     page.wait_for_load_state()

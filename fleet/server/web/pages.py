@@ -4,6 +4,7 @@ same data as `/api/v1`), renders server-side, and leaves live updates and action
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from collections import Counter
@@ -17,6 +18,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from agent.desired.document import DocumentError
 from fleet.server.alerts.rules import RULES
 from fleet.server.api import auth
 from fleet.server.api.context import AppContext
@@ -308,6 +310,7 @@ async def terminal_detail(request: Request, terminal_id: str) -> Response:
         "terminal.html",
         guarded,
         d=detail,
+        settings=await _settings_and_layers(ctx, terminal_id),
         chart=chart,
         has_samples=bool(history.items),
         commands=cmds.items,
@@ -315,6 +318,28 @@ async def terminal_detail(request: Request, terminal_id: str) -> Response:
         rules=i18n.rule_names(_lang(request)),
         live={"terminal": terminal_id, "rules": i18n.rule_names(_lang(request))},
     )
+
+
+async def _settings_and_layers(ctx: AppContext, terminal_id: str) -> list[tuple[str, str, str]]:
+    """(setting, value, the layer it comes from) for the terminal's configuration as the layers
+    give it now; [] without the desired state, or when the layers make no valid document."""
+    service = ctx.desired
+    terminal = await Terminal.get_or_none(id=terminal_id)
+    if service is None or terminal is None:
+        return []
+    try:
+        config = (await service.compute(terminal))["config"]
+    except DocumentError:
+        return []
+    sources = await service.sources(terminal)
+    return [(path, _leaf(config, path), layer) for path, layer in sources.items()]
+
+
+def _leaf(config: dict[str, Any], path: str) -> str:
+    value: Any = config
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 @router.get("/alerts")
