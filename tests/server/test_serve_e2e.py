@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fleet.server.alerts.rules import WILL_OFFLINE_GRACE_S
 from tests.server.mqtt_helpers import connect
 from tests.services import mosquitto
 from tests.services.fleet_server import BIN, Server, wait_until
@@ -110,7 +111,13 @@ def test_agent_to_api_latency_will_and_clean_shutdown(server: Server) -> None:
             lambda: not (d := s.get("/api/v1/terminals/T1"))["online"] and d, 10, "T1 offline"
         )
         assert gone["presence"]["reason"] == "will"
-        alerts = s.get("/api/v1/alerts?state=active&terminal=T1")["items"]
+        # Alerted once it is not back within the Will's grace (an agent restarted by systemd is).
+        assert s.get("/api/v1/alerts?state=active&terminal=T1")["items"] == []
+        alerts = wait_until(
+            lambda: s.get("/api/v1/alerts?state=active&terminal=T1")["items"],
+            WILL_OFFLINE_GRACE_S + 5,
+            "the offline alert",
+        )
         assert [a["rule"] for a in alerts] == ["terminal_offline"]
     finally:
         if agent.poll() is None:
