@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from fleet.server.db.deadline import within
 from fleet.server.events_bus import EventBus, EventKind
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class EventsBridge:
         while not stop.is_set():
             conn: asyncpg.Connection | None = None
             try:
-                conn = await asyncio.wait_for(asyncpg.connect(self.dsn), 10)
+                conn = await within(asyncpg.connect(self.dsn, timeout=10), 12)
                 assert conn is not None
                 await conn.add_listener(CHANNEL, self._heard)
                 self.connected, delay = True, 0.2
@@ -117,7 +118,7 @@ class EventsBridge:
                 self.connected = False
                 if conn is not None:
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), 2)
+                        await within(conn.close(), 2)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
             delay = min(delay * 2, RECONNECT_MAX_S)
@@ -133,4 +134,4 @@ class EventsBridge:
                 # Now and then a query of our own: a connection that died unnoticed is found.
                 await asyncio.wait_for(self._wake.wait(), 5.0)
             if not self._out and not stop.is_set():
-                await asyncio.wait_for(conn.execute("SELECT 1"), 5.0)
+                await within(conn.execute("SELECT 1"), 5.0)

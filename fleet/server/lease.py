@@ -33,6 +33,8 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 
 from tortoise.connection import get_connection
 
+from fleet.server.db.deadline import within
+
 log = logging.getLogger(__name__)
 
 LEADER = "leader"
@@ -130,7 +132,7 @@ class Leadership:
         while not stop.is_set():
             try:
                 # A database gone silent must not hold the renewal past the margin.
-                await asyncio.wait_for(self.try_take(), self.renew_s)
+                await within(self.try_take(), self.renew_s)
             except Exception as e:  # the lease runs out on its own; the next try may succeed
                 log.warning("lease %r: renewing failed (%r)", self.name, e)
             self._update()
@@ -151,7 +153,7 @@ class Leadership:
         self._update()
         try:
             conn = get_connection("default")
-            await asyncio.wait_for(conn.execute_query(_RELEASE, [self.name, self.holder]), 2.0)
+            await within(conn.execute_query(_RELEASE, [self.name, self.holder]), 2.0)
             log.info("lease %r given back", self.name)
         except Exception as e:  # it expires on its own
             log.warning("lease %r: giving it back failed (%r)", self.name, e)

@@ -19,7 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import threading
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,15 +36,17 @@ import rust_core
 from fleet.firmware import DEFAULT_FIRMWARE_DIR, HardwareModel, load_models
 from fleet.server.api import AppContext, LifespanHook, create_app
 from fleet.server.broker import BROKER_SUBDIR, EmbeddedBroker
+from fleet.server.db.cluster_lock import ClusterLock
 from fleet.server.db.retry import StorageRetry
 from fleet.server.desired.keys import load_config_key
-from fleet.server.desired.service import DesiredService
+from fleet.server.desired.service import DESIRED_LOCK_KEY, DesiredService
 from fleet.server.events_bridge import EventsBridge, asyncpg_dsn
 from fleet.server.forecast_job import run_forecast_job
 from fleet.server.ingest.inbox import InboxSource, Relay
 from fleet.server.ingest.pipeline import MessageSource, Pipeline
 from fleet.server.ingest.receiver import Receiver, ReceiverConfig
 from fleet.server.ingest.retention import run_retention
+from fleet.server.ingest.retire import BrokerAt, Sweeper, leave_topic, run_heartbeat
 from fleet.server.lease import Leadership, leadership_running, new_holder_id, run_while_held
 from fleet.server.licences.keys import load_issuer
 from fleet.server.mqtt_publish import Publisher, PublisherConfig
@@ -61,6 +66,8 @@ NEW_TERMINAL_SCAN_S = 15.0
 ROLLOUT_TICK_S = 5.0
 #: At a stop, how long the ingest's tasks get to finish the batch in hand.
 STOP_WAIT_S = 4.0
+#: After a stop is asked for, the process ends by then whatever still waits (_exit_by_deadline).
+STOP_DEADLINE_S = 8.0
 #: At a stop, how long open HTTP connections (event streams never end) get to close.
 HTTP_STOP_WAIT_S = 3
 
@@ -110,7 +117,12 @@ class LinkWatch:
             listener(up)
 
 
-def _receiver(settings: Settings, address: BrokerAddress, watch: LinkWatch) -> Receiver:
+def _receiver(
+    settings: Settings,
+    address: BrokerAddress,
+    watch: LinkWatch,
+    on_control: Callable[[bytes], None] | None = None,
+) -> Receiver:
     """The ingest's MQTT client: alone, the fixed session `{client id}.ingest`; with replicas,
     `{client id}.ingest.{replica id}` in the shared group, so each replica keeps its own session
     (and what was queued for it) across restarts."""
@@ -126,8 +138,10 @@ def _receiver(settings: Settings, address: BrokerAddress, watch: LinkWatch) -> R
             tls=address.tls,
             shared=shared,
             group=settings.ingest_share_group,
+            control_topic=leave_topic(settings.replica_id) if shared else None,
         ),
         on_link=watch,
+        on_control=on_control,
     )
 
 
@@ -232,9 +246,29 @@ def replica_hooks(
 
     @asynccontextmanager
     async def run_relay(ctx: AppContext) -> AsyncIterator[None]:
-        receiver = _receiver(settings, address, watch)
         stop = asyncio.Event()
-        retry = StorageRetry(stop, ctx.metrics.ingest_storage_retries)
+        # A batch insert takes milliseconds: one not done in 5 s means the database is away
+        # (or silent), and this replica must say so (healthz, the leave request below).
+        retry = StorageRetry(stop, ctx.metrics.ingest_storage_retries, deadline_s=5.0)
+        leaving: set[asyncio.Task[None]] = set()
+
+        def asked_to_leave(_payload: bytes) -> None:
+            # Only a replica that cannot store obeys: the one that asks can (retire.py).
+            if not retry.ok and not receiver.left:
+                log.warning("asked to leave the shared group while the database is away: leaving")
+                task = asyncio.get_running_loop().create_task(receiver.leave())
+                leaving.add(task)
+                task.add_done_callback(leaving.discard)
+
+        async def rejoin_when_storing() -> None:
+            while not stop.is_set():
+                if receiver.left and retry.ok:
+                    log.warning("storing again: back in the shared group")
+                    receiver.rejoin()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+
+        receiver = _receiver(settings, address, watch, on_control=asked_to_leave)
         relay = Relay(retry, settings.ingest_batch_size, ctx.metrics.ingest_relayed.inc)
         await receiver.start()
         with contextlib.suppress(TimeoutError):
@@ -242,12 +276,18 @@ def replica_hooks(
         ctx.ingest_ready = lambda: (
             receiver.connected and retry.ok and all(p.storage_ok for p in handler)
         )
-        task = asyncio.create_task(relay.run(receiver, stop), name="relay")
+        tasks = [
+            asyncio.create_task(relay.run(receiver, stop), name="relay"),
+            asyncio.create_task(
+                run_heartbeat(settings.replica_id, leadership.holder, stop), name="heartbeat"
+            ),
+            asyncio.create_task(rejoin_when_storing(), name="rejoin"),
+        ]
         try:
             yield
         finally:
             stop.set()
-            await _stop_tasks([task])
+            await _stop_tasks(tasks)
             await receiver.stop()
 
     @asynccontextmanager
@@ -266,8 +306,27 @@ def replica_hooks(
             await source.close()
 
     @asynccontextmanager
+    async def sweep_replicas(ctx: AppContext) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+
+        async def ask_to_leave(replica_id: str) -> None:
+            if ctx.desired is None or ctx.desired.publisher is None:
+                raise RuntimeError("no publisher")
+            await ctx.desired.publisher.publish(leave_topic(replica_id), b"{}")
+
+        sweeper = Sweeper(
+            settings, BrokerAt(address.host, address.port, address.tls), ask=ask_to_leave
+        )
+        task = asyncio.create_task(sweeper.run(stop), name="sweep-replicas")
+        try:
+            yield
+        finally:
+            stop.set()
+            await _stop_tasks([task])
+
+    @asynccontextmanager
     async def run_singletons(ctx: AppContext) -> AsyncIterator[None]:
-        hooks: list[LifespanHook] = [handle_inbox, run_rollouts]
+        hooks: list[LifespanHook] = [handle_inbox, sweep_replicas, run_rollouts]
         leadership.on_change = ctx.metrics.lease_held.set
         async with leadership_running(leadership) as stop:
             task = asyncio.create_task(
@@ -278,7 +337,7 @@ def replica_hooks(
                 yield
             finally:
                 stop.set()
-                await task
+                await _stop_tasks([task])
 
     return run_relay, run_singletons
 
@@ -309,6 +368,10 @@ def desired_hook(
             models=models,
             published_total=ctx.metrics.desired_published,
             agent_targets=ctx.rollouts.agent_targets,
+            lock=ClusterLock(
+                DESIRED_LOCK_KEY,
+                asyncpg_dsn(settings.database_url) if settings.replicated else None,
+            ),
         )
 
         once = asyncio.Lock()
@@ -368,6 +431,7 @@ def desired_hook(
                 task.cancel()
             ctx.desired = None
             await publisher.stop()
+            await service.close()
 
     return run_desired
 
@@ -408,7 +472,30 @@ async def run_rollouts(ctx: AppContext) -> AsyncIterator[None]:
         yield
     finally:
         stop.set()
-        await task
+        await _stop_tasks([task])
+
+
+def _exit_by_deadline(
+    server: uvicorn.Server, broker: EmbeddedBroker | None, stopped_by: list[int]
+) -> None:
+    """Once a stop is asked for, end the process STOP_DEADLINE_S later whatever still waits.
+
+    Every wait of the stop is bounded, but a database that has gone silent (a frozen host)
+    holds the cancellation of a query for ever (db/deadline.py), and asyncio's own shutdown
+    waits for every cancelled task: without this a SIGTERM could leave the server running."""
+
+    def watch() -> None:
+        while not server.should_exit:
+            time.sleep(0.2)
+        time.sleep(STOP_DEADLINE_S)
+        log.error("still stopping after %.0f s: exiting now", STOP_DEADLINE_S)
+        if broker is not None:
+            with contextlib.suppress(Exception):
+                broker.stop()
+        logging.shutdown()
+        os._exit(130 if signal.SIGINT in stopped_by else 0)
+
+    threading.Thread(target=watch, name="stop-deadline", daemon=True).start()
 
 
 def _catch_stop_signals() -> list[int]:
@@ -474,6 +561,7 @@ def serve(settings: Settings, *, log_level: str = "info") -> int:
         )
         server = uvicorn.Server(config)
         stopped_by = _catch_stop_signals()
+        _exit_by_deadline(server, broker, stopped_by)
         log.info(
             "fleet serving http://%s:%d (broker %s:%d)",
             settings.api_host,

@@ -22,6 +22,8 @@ from types import TracebackType
 
 import asyncpg
 
+from fleet.server.db.deadline import within
+
 log = logging.getLogger(__name__)
 
 
@@ -41,7 +43,7 @@ class ClusterLock:
         try:
             conn = self._conn
             if conn is None or conn.is_closed():
-                conn = self._conn = await asyncio.wait_for(asyncpg.connect(self.dsn), 10)
+                conn = self._conn = await within(asyncpg.connect(self.dsn, timeout=10), 12)
             assert conn is not None
             await conn.execute("SELECT pg_advisory_lock($1)", self.key)
         except BaseException:
@@ -55,9 +57,7 @@ class ClusterLock:
         try:
             if self._conn is not None:
                 try:
-                    await asyncio.wait_for(
-                        self._conn.execute("SELECT pg_advisory_unlock($1)", self.key), 5
-                    )
+                    await within(self._conn.execute("SELECT pg_advisory_unlock($1)", self.key), 5)
                 except Exception as e:  # gone with its connection; a new one next time
                     log.warning("advisory lock %d: unlocking failed (%r)", self.key, e)
                     await self._drop()

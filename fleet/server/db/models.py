@@ -526,3 +526,19 @@ class Lease(Model):
 
     class Meta:
         table = "lease"
+
+
+class Replica(Model):
+    """A `fleet serve` replica, as its heartbeat last said (replicas only).
+
+    Every replica writes its row every few seconds. A replica whose row has gone stale is gone
+    (killed, its host lost): the broker still hands its session a share of the terminals'
+    messages, so the lease holder retires that session (fleet/server/ingest/retire.py) and the
+    share goes to the replicas that are left."""
+
+    id = fields.CharField(max_length=64, primary_key=True)
+    holder = fields.CharField(max_length=200)
+    seen_at = fields.DatetimeField()
+
+    class Meta:
+        table = "replica"

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
+from fleet.server.db.deadline import within
 from fleet.server.db.transient import is_transient, reset_pool
 
 log = logging.getLogger(__name__)
@@ -37,9 +38,14 @@ class Counter(Protocol):
 class StorageRetry:
     """`await retry("what", op)`: op() until it succeeds or fails for a reason of its own."""
 
-    def __init__(self, stop: asyncio.Event, retries: Counter | None = None) -> None:
+    def __init__(
+        self, stop: asyncio.Event, retries: Counter | None = None, deadline_s: float = 15.0
+    ) -> None:
+        """`deadline_s`: a call that has not answered by then counts as the database being away
+        (a server gone silent never answers; db/deadline.py)."""
         self._stop = stop
         self._retries = retries
+        self.deadline_s = deadline_s
         #: False while the database is unavailable.
         self.ok = True
 
@@ -47,7 +53,7 @@ class StorageRetry:
         delay = 0.1
         while True:
             try:
-                result = await op()
+                result = await within(op(), self.deadline_s)
             except Exception as e:
                 if not is_transient(e):
                     raise

@@ -48,6 +48,7 @@ from agent.desired.document import (
     sha256_hex,
     template_entry,
 )
+from fleet.server.db.cluster_lock import ClusterLock
 from fleet.server.db.models import (
     AssignmentScope,
     ConfigLayer,
@@ -159,6 +160,10 @@ def check_template(content: Any) -> None:
         raise TemplateError("", f"{size} bytes, over the limit of {MAX_TEMPLATE_BYTES}")
 
 
+#: The advisory lock of desired-state changes across replicas ("desired" in ASCII).
+DESIRED_LOCK_KEY = 0x64657369726564
+
+
 class DesiredService:
     """The one writer of desired-state documents in a server process."""
 
@@ -171,7 +176,11 @@ class DesiredService:
         published_total: PublishCounter | None = None,
         clock: Callable[[], datetime] = utc_now,
         agent_targets: AgentTargets | None = None,
+        lock: ClusterLock | None = None,
     ) -> None:
+        """`lock`: with replicas, one that holds across them (db/cluster_lock.py): two
+        replicas changing layers at once must not issue versions from layers read before the
+        other's change."""
         if key.alg != "EdDSA":
             raise ValueError(f"the config key must be EdDSA, not {key.alg}")
         self.key = key
@@ -181,7 +190,11 @@ class DesiredService:
         self.clock = clock
         #: Where the target agent version of each terminal comes from (the rollouts).
         self.agent_targets = agent_targets
-        self._lock = asyncio.Lock()
+        self._lock = lock or ClusterLock(DESIRED_LOCK_KEY)
+
+    async def close(self) -> None:
+        """Let go of the lock's own connection (replicas)."""
+        await self._lock.close()
 
     # -- reading ------------------------------------------------------------------------------
 

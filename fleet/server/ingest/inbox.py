@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from tortoise.connection import get_connection
 from tortoise.transactions import in_transaction
 
+from fleet.server.db.deadline import within
 from fleet.server.db.retry import StorageRetry, StorageUnavailable
 from fleet.server.ingest.pipeline import MessageSource
 from fleet.server.ingest.receiver import Received
@@ -181,4 +182,4 @@ class InboxSource:
         """At the end of a term: delete what was handled if the database lets us (if not, the
         next leader handles those rows again, harmlessly)."""
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.flush(), 2.0)
+            await within(self.flush(), 2.0)

@@ -90,6 +90,9 @@ class ReceiverConfig:
     client_id: str = "fleet-server"
     shared: bool = False
     group: str = "fleet"
+    #: A topic of this receiver's own (replicas: the lease holder asks a replica that cannot
+    #: store to leave the group); its messages go to `on_control`, not to the consumer.
+    control_topic: str | None = None
     #: How long the broker keeps the session (and queues for us) while we are away.
     session_expiry_s: int = 7 * 24 * 3600
     keepalive_s: int = 30
@@ -167,10 +170,14 @@ class Receiver:
     """
 
     def __init__(
-        self, config: ReceiverConfig, on_link: Callable[[bool], None] | None = None
+        self,
+        config: ReceiverConfig,
+        on_link: Callable[[bool], None] | None = None,
+        on_control: Callable[[bytes], None] | None = None,
     ) -> None:
         self.config = config
         self.on_link = on_link
+        self.on_control = on_control
         self._linked = False
         self._items: collections.deque[Received] = collections.deque()
         self._ready = asyncio.Event()
@@ -184,6 +191,8 @@ class Receiver:
         #: The number of the connection whose SUBACK came (a connection that got that far).
         self._subscribed_on = 0
         self._unsubscribed = asyncio.Event()
+        #: Out of the group since `leave` (until `rejoin`), across reconnections.
+        self.left = False
         #: Counters, for metrics and tests.
         self.connects = 0
         self.acks_skipped = 0
@@ -200,12 +209,28 @@ class Receiver:
     def connected(self) -> bool:
         return self._live
 
+    def rejoin(self) -> None:
+        """Subscribe to the terminals' topics again after `leave` (they hold until the next
+        connection anyway, which subscribes as every connection does)."""
+        self.left = False
+        link = self._link
+        if link is not None and self._live:
+            link.write(
+                wire.subscribe(
+                    3,
+                    subscriptions(self.config.shared, self.config.group),
+                    qos=1,
+                    retain_handling=wire.RETAIN_SEND_IF_NEW_SUB,
+                )
+            )
+
     async def leave(self, timeout: float = 10.0) -> None:
         """Unsubscribe: the broker routes nothing new to this session, and still delivers what it
         had queued for it (retiring a replica: ingest/retire.py)."""
         link = self._link
         if link is None or not self._live:
             raise ConnectionError("not connected to the broker")
+        self.left = True
         self._unsubscribed.clear()
         link.write(wire.unsubscribe(2, subscriptions(self.config.shared, self.config.group)))
         await asyncio.wait_for(self._unsubscribed.wait(), timeout)
@@ -318,6 +343,9 @@ class Receiver:
                         )
                     )  # fmt: skip
                     continue
+                if topic == self.config.control_topic:
+                    self._control_message(link, p)
+                    continue
                 items.append(
                     Received(topic, p.payload, p.qos, p.retain, p.dup, p.packet_id, now, number)
                 )
@@ -338,6 +366,14 @@ class Receiver:
                 link.transport.pause_reading()
                 self._paused = True
 
+    def _control_message(self, link: _Link, p: wire.Publish) -> None:
+        """A message to this replica itself (`control_topic`): acknowledged at once, handed to
+        `on_control`, never queued with the terminals' messages."""
+        if p.qos:
+            link.write(wire.puback(p.packet_id))
+        if self.on_control is not None:
+            self.on_control(p.payload)
+
     def _control(self, link: _Link, p: wire.Packet) -> None:
         cfg = self.config
         if p.type == wire.CONNACK:
@@ -352,27 +388,32 @@ class Receiver:
             self._live = True
             self.connects += 1
             log.info("ingest connected as %s (session present: %s)", cfg.client_id, session_present)
+            # After `leave` every connection keeps out of the group until `rejoin`.
+            filters = [] if self.left else subscriptions(cfg.shared, cfg.group)
+            if cfg.control_topic is not None:
+                filters.append(cfg.control_topic)
+            if not filters:  # out of the group, nothing of our own: ready as it is
+                self._subscribed(link)
+                return
             link.write(
-                wire.subscribe(
-                    1,
-                    subscriptions(cfg.shared, cfg.group),
-                    qos=1,
-                    retain_handling=wire.RETAIN_SEND_IF_NEW_SUB,
-                )
+                wire.subscribe(1, filters, qos=1, retain_handling=wire.RETAIN_SEND_IF_NEW_SUB)
             )
         elif p.type == wire.SUBACK:
             bad = [r for r in wire.suback_reasons(p.body) if r >= 0x80]
             if bad:
                 log.error("ingest subscriptions refused: %s", ", ".join(f"0x{r:02x}" for r in bad))
-            self._subscribed_on = link.number
-            self._connected.set()
-            self._set_linked(True)
+            self._subscribed(link)
         elif p.type == wire.UNSUBACK:
             self._unsubscribed.set()
         elif p.type == wire.DISCONNECT:
             reason = p.body[0] if p.body else 0
             log.warning("broker disconnected the ingest (reason 0x%02x)", reason)
         # PINGRESP: last_in is already updated; PUBACK never comes (we do not publish).
+
+    def _subscribed(self, link: _Link) -> None:
+        self._subscribed_on = link.number
+        self._connected.set()
+        self._set_linked(True)
 
     def _set_linked(self, linked: bool) -> None:
         if linked != self._linked:

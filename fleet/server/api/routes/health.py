@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Literal
 
 from fastapi import APIRouter, Response, status
@@ -10,6 +9,7 @@ from tortoise.connection import get_connection
 
 from fleet.server.api.deps import Ctx
 from fleet.server.api.schemas import Health
+from fleet.server.db.deadline import within
 
 router = APIRouter(tags=["health"])
 
@@ -40,7 +40,7 @@ async def liveness() -> Health:
 
 async def _db_ok() -> bool:
     try:
-        await asyncio.wait_for(get_connection("default").execute_query("SELECT 1"), DB_TIMEOUT_S)
+        await within(get_connection("default").execute_query("SELECT 1"), DB_TIMEOUT_S)
     except Exception:  # any failure means "not ready", whatever the driver raises
         return False
     return True

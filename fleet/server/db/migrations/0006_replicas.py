@@ -63,4 +63,22 @@ class Migration(migrations.Migration):
             },
             bases=["Model"],
         ),
+        ops.CreateModel(
+            name="Replica",
+            fields=[
+                (
+                    "id",
+                    fields.CharField(primary_key=True, unique=True, db_index=True, max_length=64),
+                ),
+                ("holder", fields.CharField(max_length=200)),
+                ("seen_at", fields.DatetimeField(auto_now=False, auto_now_add=False)),
+            ],
+            options={
+                "table": "replica",
+                "app": "fleet",
+                "pk_attr": "id",
+                "table_description": "A `fleet serve` replica, as its heartbeat last said (replicas only).",
+            },
+            bases=["Model"],
+        ),
     ]
