@@ -3,7 +3,8 @@ it ends. A real `fleet-agent` (IPP driver) on a real `ippeveprinter`, a real `fl
 Mosquitto, SQLite); the terminal reports every 5 s (its own layer, applied by the agent). Timed
 against the issue's targets, and printed:
 
-- paper out -> `paper_out` alert in the API < 2 s; refilled -> cleared < 5 s;
+- paper out -> `paper_out` alert in the API < 2 s (the agent's poll, every 2 s, is most of it);
+  refilled -> cleared < 5 s;
 - the agent killed and restarted -> online in the API < 2 s after its first report, no offline
   alert;
 - the server restarted (SIGTERM) -> no alert at all;
@@ -155,10 +156,18 @@ def test_the_console_tells_the_truth_within_seconds(printer: ippeveprinter.IppEv
             # Its own layer: every 5 s (the model file says 30, the server's setting 30).
             api(s, f"/api/v1/config/terminals/{TID}", "PUT", {"status_interval_s": INTERVAL_S})
             wait_until(lambda: terminal(s)["drift"]["in_sync"], 30, "the document applied")
+            # ...and the status report that says so sent (a change report, which starts the
+            # agent's debounce: at most one change report per debounce_s).
+            wait_until(
+                lambda: (t := terminal(s))["status"].get("desired") == t["drift"]["desired"],
+                30,
+                "a status report carrying the applied document",
+            )
 
             # The agent sends at most one change report per debounce_s (5 s, the model file's)
             # and reads the printer every poll_interval_s (2 s): each change comes after a quiet
-            # debounce, so what is timed is the poll, the link and the server.
+            # debounce, as a fault in the field does, so what is timed is the poll (0-2 s), the
+            # link and the server.
             time.sleep(DEBOUNCE_S + 1)
             printer.set_paper(0)
             seen, alerted = watch_raise(s, "paper_out", "media-empty", 10)
@@ -204,7 +213,8 @@ def test_the_console_tells_the_truth_within_seconds(printer: ippeveprinter.IppEv
         # came 2-4 s after it (agent/reporter.py); the server's part is what issue 20 is about.
         # The alert comes with the report that shows the fault (the same batch), never later.
         assert results["paper out -> alert"] - results["paper out -> status shows it"] < 0.5
-        assert results["paper out -> alert"] < 2 * 2 + 1
+        # Issue 20: < 2 s. The agent reads the printer every 2 s: up to 2 s of it is the poll.
+        assert results["paper out -> alert"] < 2 + 0.5
         assert results["refill -> cleared"] < 5
         assert results["agent restart: first report -> online"] < 2
         # Three intervals since the last report, which came up to one interval before the stop.
