@@ -21,7 +21,6 @@ import logging
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -35,12 +34,6 @@ CHANNEL = "fleet_events"
 MAX_PAYLOAD = 7900
 OUTBOX_MAX = 10_000
 RECONNECT_MAX_S = 5.0
-
-
-def asyncpg_dsn(database_url: str) -> str:
-    """The Tortoise URL as asyncpg takes it (its query parameters are Tortoise's, not libpq's)."""
-    parts = urlsplit(database_url)
-    return urlunsplit(("postgresql", parts.netloc, parts.path, "", ""))
 
 
 class EventsBridge:

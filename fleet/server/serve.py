@@ -36,11 +36,11 @@ import rust_core
 from fleet.firmware import DEFAULT_FIRMWARE_DIR, HardwareModel, load_models
 from fleet.server.api import AppContext, LifespanHook, create_app
 from fleet.server.broker import BROKER_SUBDIR, EmbeddedBroker
-from fleet.server.db.cluster_lock import ClusterLock
+from fleet.server.db.cluster_lock import ClusterLock, asyncpg_dsn, cluster_dsn
 from fleet.server.db.retry import StorageRetry
 from fleet.server.desired.keys import load_config_key
 from fleet.server.desired.service import DESIRED_LOCK_KEY, DesiredService
-from fleet.server.events_bridge import EventsBridge, asyncpg_dsn
+from fleet.server.events_bridge import EventsBridge
 from fleet.server.forecast_job import run_forecast_job
 from fleet.server.ingest.inbox import InboxSource, Relay
 from fleet.server.ingest.pipeline import MessageSource, Pipeline
@@ -370,7 +370,7 @@ def desired_hook(
             agent_targets=ctx.rollouts.agent_targets,
             lock=ClusterLock(
                 DESIRED_LOCK_KEY,
-                asyncpg_dsn(settings.database_url) if settings.replicated else None,
+                cluster_dsn(settings),
             ),
         )
 

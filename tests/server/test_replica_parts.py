@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from fleet.server.db.cluster_lock import ClusterLock
+from fleet.server.db.cluster_lock import ClusterLock, asyncpg_dsn
 from fleet.server.db.retry import StorageRetry
-from fleet.server.events_bridge import EventsBridge, asyncpg_dsn
+from fleet.server.events_bridge import EventsBridge
 from fleet.server.events_bus import EventBus
 from fleet.server.ingest.inbox import InboxSource, Relay
 from fleet.server.ingest.receiver import Received

@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from fleet.server.alerts import AlertEngine
-from fleet.server.db.cluster_lock import ClusterLock
+from fleet.server.db.cluster_lock import ClusterLock, cluster_dsn
 from fleet.server.desired.service import DesiredService
-from fleet.server.events_bridge import asyncpg_dsn
 from fleet.server.events_bus import EventBus
 from fleet.server.forecast import ServiceHours
 from fleet.server.licences.keys import Issuer
@@ -60,7 +59,7 @@ class AppContext:
             hours=self.service_hours,
             lock=ClusterLock(
                 ROLLOUT_LOCK_KEY,
-                asyncpg_dsn(self.settings.database_url) if self.settings.replicated else None,
+                cluster_dsn(self.settings),
             ),
         )
 

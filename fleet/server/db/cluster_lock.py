@@ -19,12 +19,25 @@ import asyncio
 import contextlib
 import logging
 from types import TracebackType
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from fleet.server.db.deadline import within
+from fleet.server.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def asyncpg_dsn(database_url: str) -> str:
+    """The Tortoise URL as asyncpg takes it (its query parameters are Tortoise's, not libpq's)."""
+    parts = urlsplit(database_url)
+    return urlunsplit(("postgresql", parts.netloc, parts.path, "", ""))
+
+
+def cluster_dsn(settings: Settings) -> str | None:
+    """What a `ClusterLock` of this server takes: the database with replicas, None alone."""
+    return asyncpg_dsn(settings.database_url) if settings.replicated else None
 
 
 class ClusterLock:
